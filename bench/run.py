@@ -1,0 +1,97 @@
+"""`make bench`: run the benchmarks, write bench/results/<name>.json and docs/benchmarks.md.
+
+Every number in docs/benchmarks.md is produced here, in one run; targets are printed beside
+results, never in place of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def _row(name: str, value: object, target: str = "") -> str:
+    return f"| {name} | {value} | {target} |"
+
+
+def render_engine(r: dict[str, Any]) -> str:
+    lines = [
+        f"Run {r['measured_at']} on {r['host']['cpus']} CPUs, accelerator **{r['accel']}**, "
+        f"default kernel **{r['default_kernel']}**.",
+        "",
+    ]
+    for kind, k in r["kernels"].items():
+        tgt_cold = "≤ 2000 ms p50 (Debian kernel)" if kind == "debian" else "≤ 800 ms p50 (minimal kernel)"
+        lines += [
+            f"### Kernel: {kind} ({k['kernel']['version']})",
+            "",
+            "| measure | result | target under TCG |",
+            "|---|---|---|",
+            _row("cold start → first exec result (ms)",
+                 f"p50 {k['cold_start_ms']['p50']} / p95 {k['cold_start_ms']['p95']} (n={k['cold_start_ms']['n']})",
+                 tgt_cold),
+            _row("floor: raw QEMU boot of this kernel to a trivial /init (ms)",
+                 f"p50 {k['floor_qemu_boot_ms']['p50']}", ""),
+            _row("exec round trip of `true` (ms)",
+                 f"p50 {k['exec_rtt_ms']['p50']} / p95 {k['exec_rtt_ms']['p95']} (n={k['exec_rtt_ms']['n']})",
+                 "≤ 2 ms p50"),
+            _row("channel PING round trip, 100 B (ms)",
+                 f"p50 {k['channel_rtt_ms']['p50']} / p95 {k['channel_rtt_ms']['p95']}", ""),
+            _row("stdout throughput (MB/s, 100 MiB)", k["stdout_mb_s"], "≥ 100 MB/s"),
+            _row("host RSS of an idle 512 MiB sandbox (MiB)", k["idle_rss_mib"], ""),
+            "",
+        ]
+    lines += [
+        "Floor in the same run: host `subprocess.run([\"true\"])` "
+        f"p50 {r['floor_subprocess_ms']['p50']} ms / p95 {r['floor_subprocess_ms']['p95']} ms.",
+    ]
+    return "\n".join(lines)
+
+
+RENDERERS = {"engine": render_engine}
+
+
+def write_doc(name: str, section: str) -> None:
+    """Replace (or add) the ``name`` section of docs/benchmarks.md."""
+    head = "# Benchmarks\n\nProduced by `make bench` (bench/run.py); raw data in `bench/results/`.\n"
+    text = DOC.read_text() if DOC.exists() else head
+    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{begin}\n## {name}\n\n{section}\n{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _m: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
+async def _run(which: list[str], quick: bool) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if "engine" in which:
+        from bench import engine
+
+        r = await engine.run(cold_runs=3 if quick else 10, rtt_runs=50 if quick else 300)
+        r["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        (RESULTS / "engine.json").write_text(json.dumps(r, indent=2) + "\n")
+        write_doc("engine", render_engine(r))
+        print(json.dumps({k: v for k, v in r.items() if k != "kernels"}, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("which", nargs="*", default=list(RENDERERS))
+    parser.add_argument("--quick", action="store_true", help="fewer runs (smoke test of the bench itself)")
+    args = parser.parse_args()
+    asyncio.run(_run(args.which, args.quick))
+
+
+if __name__ == "__main__":
+    main()

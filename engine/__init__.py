@@ -1,0 +1,1 @@
+"""msb: self-hosted microVM sandboxes — the headless engine (no textual/rich here)."""

@@ -1,0 +1,345 @@
+/* PID 1 boot: pseudo filesystems, kernel modules, overlay root, switch root, the channel.
+ *
+ * Any failure here is fatal for the sandbox. It is written to the console (the host shows
+ * its tail to the user) and the VM powers off; returning from PID 1 would panic the kernel
+ * with a much less useful message.
+ */
+#define _GNU_SOURCE
+#include "agent.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define WAIT_DEV_MS 5000
+#define MODDIR "/lib/msb-modules"
+#ifndef MODULE_INIT_COMPRESSED_FILE
+#define MODULE_INIT_COMPRESSED_FILE 4
+#endif
+
+struct cmdline {
+	char root[128];
+	char upper[128];
+	char port[64];
+	char hostname[65];
+	int sync;
+};
+
+static int kmsg_fd = -1;
+static int console_fd = -1;
+
+/* Writes to the kernel log (dmesg, and the console at this priority) and the console itself,
+ * so the message survives a quiet loglevel and reaches the host's console tail either way. */
+static void vlog_level(int level, const char *fmt, va_list ap)
+{
+	char msg[768];
+	int n = snprintf(msg, sizeof msg, "<%d>msb-agent: ", level);
+	int k = vsnprintf(msg + n, sizeof msg - (size_t)n - 1, fmt, ap);
+	if (k < 0)
+		k = 0;
+	size_t len = (size_t)n + ((size_t)k < sizeof msg - (size_t)n - 1 ? (size_t)k : sizeof msg - (size_t)n - 2);
+	msg[len++] = '\n';
+	if (kmsg_fd >= 0 && write(kmsg_fd, msg, len) < 0) {
+		/* nothing else to try */
+	}
+	int cfd = console_fd >= 0 ? console_fd : (kmsg_fd < 0 ? 2 : -1);
+	if (cfd >= 0 && write(cfd, msg + 3, len - 3) < 0) {
+		/* nothing else to try */
+	}
+}
+
+void boot_log(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vlog_level(4, fmt, ap);
+	va_end(ap);
+}
+
+void poweroff(void)
+{
+	sync();
+	reboot(RB_POWER_OFF);
+	/* Not reached as PID 1; if it is, exiting at least makes the failure visible (panic). */
+	_exit(1);
+}
+
+static void __attribute__((noreturn, format(printf, 1, 2))) fatal(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vlog_level(2, fmt, ap);
+	va_end(ap);
+	poweroff();
+}
+
+static void mkdir_p1(const char *path)
+{
+	if (mkdir(path, 0755) < 0 && errno != EEXIST)
+		fatal("mkdir %s: %s", path, strerror(errno));
+}
+
+static void mount_or_die(const char *src, const char *dst, const char *type, unsigned long flags, const char *data)
+{
+	mkdir_p1(dst);
+	if (mount(src, dst, type, flags, data) < 0 && !(errno == EBUSY && !(flags & MS_MOVE)))
+		fatal("mount %s on %s (%s): %s", src ? src : "-", dst, type ? type : "move", strerror(errno));
+}
+
+/* ---- kernel command line ---- */
+
+static void copy_value(char *dst, size_t cap, const char *v)
+{
+	size_t n = strlen(v);
+	if (n >= 2 && v[0] == '"' && v[n - 1] == '"') {
+		v++;
+		n -= 2;
+	}
+	if (n >= cap)
+		fatal("kernel parameter value too long: %s", v);
+	memcpy(dst, v, n);
+	dst[n] = 0;
+}
+
+static void parse_cmdline(struct cmdline *c)
+{
+	strcpy(c->root, "/dev/vda");
+	strcpy(c->upper, "tmpfs");
+	strcpy(c->port, "msb.0");
+	strcpy(c->hostname, "localhost");
+	c->sync = 0;
+	char buf[4096];
+	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
+	if (fd >= 0)
+		close(fd);
+	if (n < 0)
+		fatal("read /proc/cmdline: %s", strerror(errno));
+	buf[n] = 0;
+	char *save = NULL;
+	for (char *tok = strtok_r(buf, " \t\n", &save); tok; tok = strtok_r(NULL, " \t\n", &save)) {
+		if (!strncmp(tok, "msb.root=", 9))
+			copy_value(c->root, sizeof c->root, tok + 9);
+		else if (!strncmp(tok, "msb.upper=", 10))
+			copy_value(c->upper, sizeof c->upper, tok + 10);
+		else if (!strncmp(tok, "msb.port=", 9))
+			copy_value(c->port, sizeof c->port, tok + 9);
+		else if (!strncmp(tok, "msb.hostname=", 13))
+			copy_value(c->hostname, sizeof c->hostname, tok + 13);
+		else if (!strncmp(tok, "msb.sync=", 9))
+			c->sync = !strcmp(tok + 9, "1");
+	}
+}
+
+/* ---- modules ---- */
+
+static void load_module(const char *name)
+{
+	char path[512];
+	snprintf(path, sizeof path, MODDIR "/%s", name);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		boot_log("module %s: %s", name, strerror(errno));
+		return;
+	}
+	size_t n = strlen(name);
+	int compressed = (n > 3 && !strcmp(name + n - 3, ".xz")) || (n > 4 && !strcmp(name + n - 4, ".zst")) ||
+			 (n > 3 && !strcmp(name + n - 3, ".gz"));
+	long r = syscall(SYS_finit_module, fd, "", compressed ? MODULE_INIT_COMPRESSED_FILE : 0);
+	int err = errno;
+	close(fd);
+	if (r < 0 && err != EEXIST)
+		boot_log("loading module %s: %s%s", name, strerror(err),
+			 compressed ? " (store modules uncompressed in the initramfs)" : "");
+	unlink(path); /* the initramfs lives in RAM for good; free what is no longer needed */
+}
+
+/* Loads MODDIR/order, one file name per line. No order file = everything is built in. */
+static void load_modules(void)
+{
+	FILE *f = fopen(MODDIR "/order", "re");
+	if (!f)
+		return;
+	char line[256];
+	while (fgets(line, sizeof line, f)) {
+		line[strcspn(line, "\r\n")] = 0;
+		char *p = line;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p && *p != '#' && !strchr(p, '/'))
+			load_module(p);
+	}
+	fclose(f);
+}
+
+/* ---- root filesystem ---- */
+
+/* Block devices appear asynchronously once their driver probes; poll with a bound. */
+static void wait_for(const char *path, const char *what)
+{
+	int64_t end = mono_ms() + WAIT_DEV_MS;
+	while (access(path, F_OK) < 0) {
+		if (mono_ms() > end)
+			fatal("%s %s did not appear within %d ms (missing driver or disk?)", what, path, WAIT_DEV_MS);
+		sleep_ms(2);
+	}
+}
+
+static void mount_root(const struct cmdline *c)
+{
+	wait_for(c->root, "root device");
+	mount_or_die(c->root, "/lower", "ext4", MS_RDONLY, "");
+	if (!strcmp(c->upper, "tmpfs")) {
+		mount_or_die("tmpfs", "/rw", "tmpfs", 0, "mode=0755");
+	} else {
+		wait_for(c->upper, "writable layer device");
+		mount_or_die(c->upper, "/rw", "ext4", MS_NOATIME, "");
+	}
+	mkdir_p1("/rw/upper");
+	mkdir_p1("/rw/work");
+	g.rw_fd = open("/rw", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (g.rw_fd < 0)
+		fatal("open /rw: %s", strerror(errno));
+	mount_or_die("overlay", "/newroot", "overlay", 0, "lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work");
+}
+
+/* Moves /dev /proc /sys under the new root and makes it "/" (what switch_root does; the
+ * initramfs cannot be pivot_root'ed away). */
+static void switch_root(void)
+{
+	static const char *const moves[] = {"/dev", "/proc", "/sys"};
+	for (size_t i = 0; i < sizeof moves / sizeof moves[0]; i++) {
+		char dst[64];
+		snprintf(dst, sizeof dst, "/newroot%s", moves[i]);
+		mount_or_die(moves[i], dst, NULL, MS_MOVE, NULL);
+	}
+	if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0)
+		fatal("switching to the new root: %s", strerror(errno));
+}
+
+/* ptys (a private devpts instance, /dev/ptmx pointing into it), /dev/shm, the usual links. */
+static void setup_dev(void)
+{
+	mount_or_die("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620");
+	unlink("/dev/ptmx");
+	if (symlink("pts/ptmx", "/dev/ptmx") < 0)
+		fatal("symlink /dev/ptmx: %s", strerror(errno));
+	mount_or_die("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+	/* devtmpfs lacks these; shells use /dev/fd for process substitution. Best effort. */
+	if (symlink("/proc/self/fd", "/dev/fd") < 0 || symlink("/proc/self/fd/0", "/dev/stdin") < 0 ||
+	    symlink("/proc/self/fd/1", "/dev/stdout") < 0 || symlink("/proc/self/fd/2", "/dev/stderr") < 0) {
+		/* already there */
+	}
+}
+
+static void setup_net(const char *hostname)
+{
+	if (sethostname(hostname, strlen(hostname)) < 0)
+		boot_log("sethostname: %s", strerror(errno));
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (s < 0) {
+		boot_log("socket: %s", strerror(errno));
+		return;
+	}
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof ifr);
+	strcpy(ifr.ifr_name, "lo");
+	if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0 || (ifr.ifr_flags |= IFF_UP, ioctl(s, SIOCSIFFLAGS, &ifr) < 0))
+		boot_log("bringing up lo: %s", strerror(errno));
+	close(s);
+}
+
+/* ---- channel ---- */
+
+/* Finds /sys/class/virtio-ports/<dev>/name == port and opens /dev/<dev>. Returns fd or -1. */
+static int try_open_port(const char *port)
+{
+	DIR *d = opendir("/sys/class/virtio-ports");
+	if (!d)
+		return -1;
+	int fd = -1;
+	struct dirent *de;
+	while (fd < 0 && (de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		char path[300], name[128];
+		snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", de->d_name);
+		int nf = open(path, O_RDONLY | O_CLOEXEC);
+		if (nf < 0)
+			continue;
+		ssize_t n = read(nf, name, sizeof name - 1);
+		close(nf);
+		if (n <= 0)
+			continue;
+		name[n] = 0;
+		name[strcspn(name, "\n")] = 0;
+		if (strcmp(name, port))
+			continue;
+		snprintf(path, sizeof path, "/dev/%s", de->d_name);
+		fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	}
+	closedir(d);
+	return fd;
+}
+
+static void open_channel(const char *port)
+{
+	int64_t end = mono_ms() + WAIT_DEV_MS;
+	int fd;
+	while ((fd = try_open_port(port)) < 0) {
+		if (mono_ms() > end)
+			fatal("virtio-serial port named %s not found within %d ms", port, WAIT_DEV_MS);
+		sleep_ms(2);
+	}
+	g.chan_in = g.chan_out = fd;
+}
+
+/* Makes sure fds 0-2 are open, so every fd the agent opens later is >= 3 (spawn relies on it). */
+static void fill_std_fds(void)
+{
+	for (int fd = 0; fd < 3; fd++) {
+		if (fcntl(fd, F_GETFD) >= 0)
+			continue;
+		int n = open("/dev/null", O_RDWR);
+		if (n >= 0 && n != fd) {
+			dup2(n, fd);
+			close(n);
+		}
+	}
+}
+
+void boot_pid1(struct boot_times *t)
+{
+	struct cmdline c;
+	mount_or_die("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+	fill_std_fds();
+	kmsg_fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
+	console_fd = open("/dev/console", O_WRONLY | O_CLOEXEC | O_NOCTTY);
+	mount_or_die("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	mount_or_die("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	parse_cmdline(&c);
+	g.sync_after_exec = c.sync;
+
+	load_modules();
+	t->modules = now_ns(CLOCK_BOOTTIME);
+
+	mount_root(&c);
+	switch_root();
+	setup_dev();
+	t->root = now_ns(CLOCK_BOOTTIME);
+
+	setup_net(c.hostname);
+	open_channel(c.port);
+}

@@ -1,0 +1,224 @@
+"""The engine: prepares the boot assets once, then starts sandboxes from specs.
+
+Typical use::
+
+    engine = Engine()
+    async with await engine.start(SandboxSpec(name="demo", rootfs=Path("rootfs"))) as sb:
+        result = await sb.exec(["echo", "hi"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from engine import paths
+from engine.errors import BootError, KernelError, VmError
+from engine.sandbox.sandbox import Sandbox
+from engine.sandbox.spec import SandboxSpec
+from engine.vm.accel import AccelVerdict, choose_accel
+from engine.vm.agent import AgentClient
+from engine.vm.backend import Accel, VmBackend, VmHandle, VmSpec
+from engine.vm.disk import create_upper_image, root_image_for_dir
+from engine.vm.initramfs import ensure_initramfs
+from engine.vm.kernel import Kernel, read_bzimage_version, resolve_kernel
+from engine.vm.protocol import Ready
+
+log = logging.getLogger(__name__)
+
+
+class Assets(BaseModel):
+    """What every VM of this engine boots with."""
+
+    kernel: Kernel
+    initrd: Path
+    accel: AccelVerdict
+    machine: str
+
+
+class Engine:
+    """Starts sandboxes. One per process is enough; it is safe to share between tasks."""
+
+    def __init__(
+        self,
+        backend: VmBackend | None = None,
+        *,
+        cache_dir: Path | None = None,
+        accel: str | None = None,
+        kernel: Kernel | None = None,
+        machine: str | None = None,
+    ) -> None:
+        """Args:
+        backend: the VMM backend (default: QEMU).
+        cache_dir: kernels, agent, images (default ``MSB_CACHE_DIR`` or ~/.cache/msb).
+        accel: ``"kvm"``, ``"tcg"`` or ``"auto"`` (default ``MSB_ACCEL`` or auto).
+        kernel: a kernel to use instead of :func:`resolve_kernel`'s choice.
+        machine: ``"microvm"`` or ``"q35"`` (default ``MSB_MACHINE`` or microvm).
+        """
+        self._backend = backend
+        self.cache_dir = cache_dir or paths.cache_dir()
+        self._accel = accel
+        self._kernel = kernel
+        self.machine = machine or os.environ.get("MSB_MACHINE") or "microvm"
+        self._assets: Assets | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def backend(self) -> VmBackend:
+        if self._backend is None:
+            from engine.vm.qemu import QemuBackend
+
+            self._backend = QemuBackend()
+        return self._backend
+
+    async def prepare(self) -> Assets:
+        """Resolve the kernel, build the initramfs and choose the accelerator (once).
+
+        Raises:
+            KernelError, AgentError, VmError, AccelError: with what to do.
+        """
+        async with self._lock:
+            if self._assets is None:
+                self._assets = await self._prepare()
+            return self._assets
+
+    async def _prepare(self) -> Assets:
+        if not self.backend.needs_boot_assets:
+            return self._placeholder_assets()
+        kernel = self._kernel or await asyncio.to_thread(resolve_kernel, self.cache_dir)
+        if self.backend.name == "qemu" and read_bzimage_version(kernel.path) is None:
+            raise KernelError(
+                f"the guest kernel {kernel.path} is missing or not a bzImage (corrupt download or build?)",
+                hint="rebuild it with `make kernel`, re-fetch Debian's with `make setup`, or fix MSB_KERNEL",
+            )
+        initrd = await asyncio.to_thread(ensure_initramfs, paths.agent_path(), kernel.modules, self.cache_dir)
+        backend = self.backend
+        qemu = getattr(backend, "qemu", backend.name)
+
+        async def probe(deadline: float) -> None:
+            await self._probe_boot(kernel, initrd, deadline)
+
+        verdict = await choose_accel(
+            qemu=qemu, kernel=kernel.path, cache_file=self.cache_dir / "accel.json", probe=probe, forced=self._accel
+        )
+        if verdict.warning:
+            log.warning("%s", verdict.warning)
+        return Assets(kernel=kernel, initrd=initrd, accel=verdict, machine=self.machine)
+
+    def _placeholder_assets(self) -> Assets:
+        """Assets for a backend that boots nothing (the fake): no kernel lookup, no initramfs,
+        no KVM probe. The accelerator is the one asked for, TCG by default."""
+        name = self.backend.name
+        kernel = self._kernel or Kernel(kind="custom", path=Path(os.devnull), version="none", source=f"{name} backend")
+        accel: Accel = "kvm" if self._accel == "kvm" else "tcg"
+        verdict = AccelVerdict(accel=accel, reason=f"the {name} backend runs no VMM", source="forced")
+        return Assets(kernel=kernel, initrd=Path(os.devnull), accel=verdict, machine=self.machine)
+
+    async def _probe_boot(self, kernel: Kernel, initrd: Path, deadline: float) -> None:
+        empty = Path(tempfile.mkdtemp(prefix="msb-probe-"))
+        run_dir = paths.new_run_dir("probe")
+        try:
+            root = await asyncio.to_thread(root_image_for_dir, empty, self.cache_dir)
+            spec = VmSpec(
+                name="kvm-probe", kernel=kernel.path, initrd=initrd, root_image=root, accel="kvm",
+                run_dir=run_dir, memory_mib=256, machine=self.machine,  # type: ignore[arg-type]
+            )  # fmt: skip
+            vm, _client, _ready, _ = await self._boot(spec, deadline)
+            await vm.kill()
+            await _client.close()
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)  # also when the probe failed (the usual case here)
+            empty.rmdir()
+
+    async def start(self, spec: SandboxSpec) -> Sandbox:
+        """Boot a sandbox and return it once its agent is ready.
+
+        Raises:
+            ConfigError: the spec's rootfs is not usable.
+            BootError: the guest did not come up (console tail and a hint inside).
+            VmError, KernelError, AgentError: see their messages.
+        """
+        t0 = time.perf_counter()
+        assets = await self.prepare()
+        root, upper = await self._disks(spec)
+        run_dir = paths.new_run_dir(spec.name)
+        vm_spec = VmSpec(
+            name=spec.name, kernel=assets.kernel.path, initrd=assets.initrd, root_image=root,
+            upper_image=upper, cpus=spec.cpus, memory_mib=spec.memory_mib, accel=assets.accel.accel,
+            run_dir=run_dir, machine=assets.machine,  # type: ignore[arg-type]
+        )  # fmt: skip
+        try:
+            vm, client, ready, _ = await self._boot(vm_spec, spec.boot_timeout_s)
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        boot_s = time.perf_counter() - t0
+        sandbox = Sandbox(spec, vm, client, run_dir, accel=assets.accel.accel, boot_s=boot_s, ready=ready)
+        log.info("sandbox %s ready in %.0f ms (%s)", spec.name, boot_s * 1000, assets.accel.accel)
+        return sandbox
+
+    async def _disks(self, spec: SandboxSpec) -> tuple[Path, Path | None]:
+        """Build (or reuse) the root image and the persistent upper image of ``spec``.
+
+        A backend without boot assets gets the rootfs directory itself and no upper image.
+        """
+        if not self.backend.needs_boot_assets:
+            return spec.rootfs, None
+        upper = None if spec.persist_dir is None else spec.persist_dir / "upper.ext4"
+        root = await asyncio.to_thread(root_image_for_dir, spec.rootfs, self.cache_dir)
+        if upper is not None:
+            await asyncio.to_thread(create_upper_image, upper, spec.disk_mib)
+        return root, upper
+
+    async def _boot(self, spec: VmSpec, deadline: float) -> tuple[VmHandle, AgentClient, Ready, float]:
+        """Launch a VM and wait for READY, racing the VM's exit and the deadline."""
+        t0 = time.perf_counter()
+        try:
+            vm = await self.backend.launch(spec)
+        except VmError as exc:
+            if "write\" lock" in str(exc) or "write lock" in str(exc):
+                raise VmError(
+                    f"sandbox {spec.name!r} is already running (its disk is in use)",
+                    hint="stop the other instance first",
+                ) from exc
+            raise
+        client = AgentClient(vm.channel)
+        ready_task = asyncio.ensure_future(client.wait_ready())
+        exit_task = asyncio.ensure_future(vm.wait_exited())
+        try:
+            done, _ = await asyncio.wait({ready_task, exit_task}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED)
+            if ready_task in done and ready_task.exception() is None:
+                exit_task.cancel()
+                return vm, client, ready_task.result(), time.perf_counter() - t0
+            raise _boot_error(spec, vm, ready_task, exit_task, deadline)
+        except BaseException:
+            ready_task.cancel()
+            exit_task.cancel()
+            await vm.kill()
+            await client.close()
+            raise
+
+
+def _boot_error(
+    spec: VmSpec, vm: VmHandle, ready: asyncio.Future[Ready], exited: asyncio.Future[int], deadline: float
+) -> BootError:
+    tail = vm.console_tail(3000)
+    accel: Accel = spec.accel
+    if exited.done() and not exited.cancelled():
+        what = f"the VM exited (status {exited.result()}) before the guest agent was ready"
+    elif ready.done() and not ready.cancelled() and ready.exception() is not None:
+        what = f"the guest agent failed during boot: {ready.exception()}"
+    else:
+        what = f"the guest agent did not say ready within {deadline:.0f} s"
+    hint = "check the kernel (MSB_KERNEL / `make kernel`) and agent (`make agent`); the console tail is below"
+    if accel == "tcg":
+        hint += "; under TCG a busy host boots slower: raise boot_timeout_s"
+    return BootError(f"sandbox {spec.name!r} failed to boot: {what}", hint=hint, console_tail=tail)

@@ -1,0 +1,245 @@
+"""A running sandbox: one VM, its agent, and the operations users run in it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+
+from engine.errors import SandboxStateError, VmCrashedError
+from engine.sandbox.metrics import Metrics, MetricsTracker, process_rss_mib
+from engine.sandbox.spec import SandboxSpec
+from engine.vm import protocol as p
+from engine.vm.agent import AgentClient, ExecResult, FileStat, OutputChunk, Process
+from engine.vm.backend import VmHandle
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 10.0
+
+
+class Status(str, enum.Enum):
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+
+
+class Sandbox:
+    """A started sandbox. Create it with :meth:`engine.sandbox.engine.Engine.start`."""
+
+    def __init__(
+        self,
+        spec: SandboxSpec,
+        vm: VmHandle,
+        client: AgentClient,
+        run_dir: Path,
+        *,
+        accel: str,
+        boot_s: float,
+        ready: p.Ready,
+    ) -> None:
+        self.spec = spec
+        self.vm = vm
+        self.client = client
+        self.run_dir = run_dir
+        self.accel = accel
+        self.boot_s = boot_s
+        """Seconds from the start request to the agent's READY."""
+        self.ready = ready
+        self.started_at = time.time()
+        self._status = Status.RUNNING
+        self._metrics = MetricsTracker()
+        client.set_on_dead(self._channel_died)
+        self._watcher = asyncio.create_task(self._watch(), name=f"watch-{spec.name}")
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def status(self) -> Status:
+        return self._status
+
+    @property
+    def crashed(self) -> bool:
+        return self._status is Status.CRASHED
+
+    def crash_error(self, what: str = "the sandbox VM exited unexpectedly") -> VmCrashedError:
+        """The error operations get once the VM is gone (with the console tail)."""
+        return VmCrashedError(
+            f"sandbox {self.name!r}: {what}; it is marked crashed",
+            hint="start it again; if it keeps crashing, look at its console log "
+            f"({self.run_dir / 'console.log'})",
+            console_tail=self.vm.console_tail(2048),
+        )
+
+    def _channel_died(self) -> VmCrashedError:
+        if self._status is Status.RUNNING:
+            self._status = Status.CRASHED
+        return self.crash_error("the guest's channel closed")
+
+    async def _watch(self) -> None:
+        code = await self.vm.wait_exited()
+        if self._status is Status.RUNNING:
+            self._status = Status.CRASHED
+            log.warning("sandbox %s: VM exited with %s while running", self.name, code)
+            self.client._fail(self.crash_error(f"the VM exited (status {code})"))
+            await self.client.close()
+
+    def _need_running(self) -> None:
+        if self._status is Status.CRASHED:
+            raise self.crash_error()
+        if self._status is not Status.RUNNING:
+            raise SandboxStateError(f"sandbox {self.name!r} is {self._status.value}", hint="start it first")
+
+    def _env(self, env: dict[str, str] | None, tty: bool = False) -> dict[str, str]:
+        merged = self.spec.base_env()
+        if tty:
+            merged.setdefault("TERM", "xterm-256color")
+        merged.update(env or {})
+        return merged
+
+    # ------------------------------------------------------------------ exec
+
+    async def exec(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+        max_output: int = 64 << 20,
+    ) -> ExecResult:
+        """Run a command to completion.
+
+        Args:
+            argv: program and arguments (no shell; use ``["sh", "-c", …]`` for one).
+            env: extra environment variables.
+            cwd: working directory (default: the spec's ``workdir``).
+            timeout: seconds; when it passes the whole process group is killed and the
+                result has ``timed_out=True``.
+            stdin: bytes piped to the command.
+            max_output: bytes kept per stream.
+
+        Raises:
+            ExecError: the command could not start (e.g. not found).
+            VmCrashedError: the VM died; the sandbox is now crashed.
+        """
+        self._need_running()
+        return await self.client.exec(
+            argv, stdin_data=stdin, max_output=max_output, env=self._env(env),
+            cwd=cwd or self.spec.workdir, timeout=timeout,
+        )  # fmt: skip
+
+    async def exec_stream(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[OutputChunk]:
+        """Yield output chunks as they arrive; the exit status is on the process afterwards.
+
+        Use :meth:`spawn` when you also need stdin or the exit status object.
+        """
+        proc = await self.spawn(argv, env=env, cwd=cwd, timeout=timeout)
+        async for chunk in proc:
+            yield chunk
+
+    async def spawn(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        tty: bool = False,
+        stdin: bool = False,
+        rows: int = 24,
+        cols: int = 80,
+    ) -> Process:
+        """Start a process and return it running (see :class:`~engine.vm.agent.Process`)."""
+        self._need_running()
+        return await self.client.spawn(
+            argv, env=self._env(env, tty), cwd=cwd or self.spec.workdir, timeout=timeout,
+            tty=tty, stdin=stdin or tty, rows=rows, cols=cols,
+        )  # fmt: skip
+
+    async def pty(self, argv: list[str] | None = None, *, rows: int = 24, cols: int = 80) -> Process:
+        """Open an interactive terminal session (default: ``/bin/sh -l``)."""
+        return await self.spawn(argv or ["/bin/sh", "-l"], tty=True, rows=rows, cols=cols)
+
+    # ------------------------------------------------------------------ files, metrics
+
+    async def read_file(self, path: str, *, max_bytes: int = 64 << 20) -> bytes:
+        """Read a guest file (at most ``max_bytes``)."""
+        self._need_running()
+        return await self.client.read_file(path, max_bytes=max_bytes)
+
+    async def write_file(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
+        """Write a guest file, creating parent directories."""
+        self._need_running()
+        await self.client.write_file(path, data, mode=mode)
+
+    async def stat(self, path: str) -> FileStat:
+        self._need_running()
+        return await self.client.stat(path)
+
+    async def listdir(self, path: str) -> list[p.ListEntry]:
+        self._need_running()
+        return await self.client.listdir(path)
+
+    async def metrics(self) -> Metrics:
+        """A metrics reading; CPU % covers the time since the previous reading."""
+        self._need_running()
+        raw = await self.client.metrics()
+        return self._metrics.update(raw, process_rss_mib(self.vm.pid))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def stop(self, timeout: float = STOP_GRACE_S) -> None:
+        """Stop the guest cleanly (processes signalled, disks synced), or kill it after
+        ``timeout`` seconds. Safe to call on a crashed or stopped sandbox."""
+        if self._status is Status.RUNNING:
+            self._status = Status.STOPPING
+            with contextlib.suppress(Exception):
+                await self.client.shutdown()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._watcher), timeout)
+            except asyncio.TimeoutError:
+                log.warning("sandbox %s did not power off in %.0f s; killing it", self.name, timeout)
+        await self._finish()
+
+    async def kill(self) -> None:
+        """Kill the VM at once (the persistent layer keeps what the guest had synced)."""
+        if self._status is Status.RUNNING:
+            self._status = Status.STOPPING
+        await self._finish()
+
+    async def _finish(self) -> None:
+        await self.vm.kill()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._watcher
+        await self.client.close()
+        if self._status is not Status.CRASHED:
+            self._status = Status.STOPPED
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    async def __aenter__(self) -> Sandbox:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,59 @@
+"""What a sandbox is made of: the spec the engine starts it from."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+"""Sandbox and namespace names: 1–63 of ``[A-Za-z0-9_-]``, first alphanumeric."""
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class SandboxSpec(BaseModel):
+    """A sandbox to start."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: Name
+    rootfs: Path
+    """Directory holding the guest's root filesystem (read-only lower layer)."""
+    cpus: int = Field(default=1, ge=1, le=64)
+    memory_mib: int = Field(default=512, ge=64, le=1 << 20)
+    """Guest RAM in MiB."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Environment every command starts with (on top of PATH/HOME defaults)."""
+    workdir: str = "/"
+    """Default working directory of commands, in the guest."""
+    persist_dir: Path | None = None
+    """Directory for the persistent writable layer; ``None`` = ephemeral (tmpfs)."""
+    disk_mib: int = Field(default=4096, ge=64)
+    """Size limit of the persistent writable layer in MiB (sparse on the host)."""
+    boot_timeout_s: float = Field(default=30.0, gt=0)
+    """Seconds to wait for the guest agent before the start fails."""
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus_fit_host(cls, v: int) -> int:
+        host = os.cpu_count() or 1
+        if v > host:
+            raise ValueError(f"cpus={v} but this host has {host} CPUs")
+        return v
+
+    @field_validator("workdir")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("workdir must be an absolute path in the guest")
+        return v
+
+    def base_env(self) -> dict[str, str]:
+        """The environment a command starts from."""
+        env = {"PATH": DEFAULT_PATH, "HOME": "/root", "HOSTNAME": self.name}
+        env.update(self.env)
+        return env

@@ -1,0 +1,809 @@
+"""Guest kernels: which one boots a sandbox, and how to get it.
+
+Three kinds:
+
+- ``minimal``: our own kernel, built from Debian's ``linux-source`` with
+  ``kernel/msb-minimal.config`` by ``scripts/build-kernel.sh`` (``make kernel``). Everything
+  is built in (no modules), 9p and vsock included. It boots fastest (docs/kernels.md), so it
+  is the automatic first choice.
+- ``debian``: Debian's cloud kernel ``linux-image-<abi>-cloud-amd64``, downloaded with
+  ``apt-get download`` and unpacked into the cache. virtio, overlayfs and vsock are modules
+  there; the ones the guest needs go into the initramfs (``/lib/msb-modules/``, load order
+  in ``/lib/msb-modules/order``, see docs/protocol.md). It has no 9p.
+- ``custom``: ``MSB_KERNEL=/path/to/bzImage``. It must have everything the guest needs
+  built in; no modules are loaded.
+
+Cache layout (``MSB_CACHE_DIR``, default ``~/.cache/msb``)::
+
+    kernel/minimal/{bzImage,version,config,stamp}      written by scripts/build-kernel.sh
+    kernel/debian-<abi>/boot/vmlinuz-<release>         the unpacked .deb (whole tree)
+    kernel/debian-<abi>/msb-modules/*.ko               selected modules, uncompressed
+    kernel/debian-<abi>/modules.json                   what was selected, in load order
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import json
+import lzma
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.errors import KernelError
+
+__all__ = [
+    "DEBIAN_META_PACKAGE",
+    "DEBIAN_OPTIONAL_MODULES",
+    "DEBIAN_REQUIRED_MODULES",
+    "Kernel",
+    "KernelFetchError",
+    "KernelIntegrityError",
+    "KernelKind",
+    "KernelNotFoundError",
+    "custom_kernel",
+    "default_cache_dir",
+    "fetch_debian_kernel",
+    "load_cached_debian_kernel",
+    "load_minimal_kernel",
+    "read_bzimage_version",
+    "resolve_kernel",
+]
+
+KernelKind = Literal["debian", "minimal", "custom"]
+
+DEBIAN_META_PACKAGE = "linux-image-cloud-amd64"
+"""Metapackage whose ``Depends`` names the newest versioned cloud kernel."""
+
+DEBIAN_REQUIRED_MODULES: tuple[str, ...] = (
+    "virtio_mmio",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_console",
+    "virtio_net",
+    "ext4",
+    "overlay",
+)
+"""Modules the guest cannot boot without (skipped when built in)."""
+
+DEBIAN_OPTIONAL_MODULES: tuple[str, ...] = ("vmw_vsock_virtio_transport",)
+"""Modules loaded when the package has them (vsock is an alternative host channel)."""
+
+MODULES_JSON_FORMAT = 1
+_AUTO_ORDER: tuple[Literal["minimal", "debian"], ...] = ("minimal", "debian")
+"""Automatic choice, fastest first: the minimal kernel reaches init in well under half the
+time of Debian's cloud kernel under TCG (docs/kernels.md)."""
+
+_HINT_NO_KERNEL = (
+    "run `make kernel` (builds the fast minimal kernel, ~5 min) or `make setup` "
+    "(fetches Debian's cloud kernel), or set MSB_KERNEL=/path/to/bzImage"
+)
+
+
+class KernelNotFoundError(KernelError):
+    """No usable guest kernel is available (the hint says how to get one)."""
+
+
+class KernelFetchError(KernelError):
+    """Downloading or unpacking Debian's kernel package failed."""
+
+
+class KernelIntegrityError(KernelFetchError):
+    """A downloaded package does not match the archive's checksum."""
+
+
+class Kernel(BaseModel):
+    """A guest kernel ready to boot.
+
+    ``modules`` are uncompressed ``.ko`` files in load order (dependencies first); the
+    initramfs builder copies them to ``/lib/msb-modules/`` and lists their file names in
+    ``/lib/msb-modules/order``. File names are unique.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: KernelKind
+    path: Path
+    """The bzImage / vmlinuz given to QEMU's ``-kernel``."""
+    version: str
+    """The kernel release (``uname -r``), e.g. ``6.1.0-56-cloud-amd64`` or ``6.1.192-msb``."""
+    modules: list[Path] = Field(default_factory=list)
+    """Uncompressed modules in load order; empty when everything is built in."""
+    config: Path | None = None
+    """The kernel's ``.config`` when known."""
+    source: str = ""
+    """Where it came from, for humans (package and version, build stamp, env variable)."""
+    supports_9p: bool = False
+    """9p over virtio (``-fsdev``/``virtio-9p``) can be mounted: built in or among ``modules``."""
+    supports_vsock: bool = False
+    """virtio-vsock works: built in or among ``modules``."""
+    virtio_mmio_cmdline: bool = False
+    """``virtio_mmio.device=`` on the command line is understood (microvm with ``acpi=off``)."""
+
+    @property
+    def module_names(self) -> list[str]:
+        """Module names (file name without ``.ko``, ``-`` as ``_``) in load order."""
+        return [_module_name(p.name) for p in self.modules]
+
+
+# --------------------------------------------------------------------------------------
+# small helpers
+
+
+def default_cache_dir() -> Path:
+    """Return the cache directory: ``MSB_CACHE_DIR`` or ``~/.cache/msb`` (not created).
+
+    Returns:
+        The directory path.
+    """
+    env = os.environ.get("MSB_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "msb"
+
+
+def read_bzimage_version(path: Path) -> str | None:
+    """Read the kernel release from a bzImage's boot-protocol header.
+
+    Args:
+        path: a bzImage / vmlinuz file.
+
+    Returns:
+        The release (first word of the version string, e.g. ``6.1.192-msb``), or ``None``
+        when the file is not a bzImage or has no version string.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(0x210)
+            if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
+                return None
+            offset = int.from_bytes(head[0x20E:0x210], "little")
+            if offset == 0:
+                return None
+            f.seek(offset + 0x200)
+            raw = f.read(256).split(b"\0", 1)[0]
+    except OSError:
+        return None
+    words = raw.decode("ascii", "replace").split()
+    return words[0] if words else None
+
+
+def _module_name(file_name: str) -> str:
+    """``virtio-rng.ko.xz`` → ``virtio_rng`` (the kernel treats ``-`` and ``_`` alike)."""
+    base = file_name
+    for suffix in (".xz", ".zst", ".gz"):
+        base = base.removesuffix(suffix)
+    return base.removesuffix(".ko").replace("-", "_")
+
+
+def _parse_kconfig(path: Path | None) -> dict[str, str]:
+    """Parse ``CONFIG_X=value`` lines of a kernel ``.config`` (missing file → empty)."""
+    values: dict[str, str] = {}
+    if path is None:
+        return values
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return values
+    for line in text.splitlines():
+        if line.startswith("CONFIG_") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.removeprefix("CONFIG_")] = value
+    return values
+
+
+def _capabilities(config: dict[str, str], modules: set[str]) -> dict[str, bool]:
+    """Capability flags from a kernel config plus the modules that will be loaded."""
+
+    def have(option: str, module: str) -> bool:
+        value = config.get(option)
+        return value == "y" or (value == "m" and module in modules)
+
+    return {
+        "supports_9p": have("NET_9P", "9pnet")
+        and have("NET_9P_VIRTIO", "9pnet_virtio")
+        and have("9P_FS", "9p"),
+        "supports_vsock": have("VSOCKETS", "vsock")
+        and have("VIRTIO_VSOCKETS", "vmw_vsock_virtio_transport"),
+        "virtio_mmio_cmdline": config.get("VIRTIO_MMIO_CMDLINE_DEVICES") == "y",
+    }
+
+
+def _run(argv: Sequence[str], *, cwd: Path | None = None, what: str) -> str:
+    """Run a host tool with the C locale; return stdout.
+
+    Raises:
+        KernelFetchError: the tool is missing or failed (stderr tail in the message).
+    """
+    env = dict(os.environ, LC_ALL="C", LANG="C")
+    try:
+        proc = subprocess.run(
+            list(argv), cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=600
+        )
+    except FileNotFoundError as exc:
+        raise KernelFetchError(
+            f"{what}: `{argv[0]}` is not installed",
+            hint="Debian's kernel is fetched with apt on Debian/Ubuntu hosts; elsewhere "
+            "run `make kernel` or set MSB_KERNEL=/path/to/bzImage",
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise KernelFetchError(f"{what}: `{' '.join(argv)}` timed out") from exc
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+        raise KernelFetchError(f"{what}: `{' '.join(argv)}` failed ({proc.returncode}):\n{tail}")
+    return proc.stdout
+
+
+def _deb822(text: str) -> list[dict[str, str]]:
+    """Parse ``apt-cache show`` output into records (continuation lines are joined)."""
+    records: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    key = ""
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                records.append(current)
+            current, key = {}, ""
+        elif line[0] in " \t":
+            if key:
+                current[key] += "\n" + line.strip()
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            current[key] = value.strip()
+    if current:
+        records.append(current)
+    return records
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (serialises fetches across processes)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# minimal and custom kernels
+
+
+def load_minimal_kernel(cache_dir: Path | None = None) -> Kernel | None:
+    """Return the minimal kernel built by ``scripts/build-kernel.sh``, if it is there.
+
+    Args:
+        cache_dir: the msb cache (default :func:`default_cache_dir`).
+
+    Returns:
+        The kernel, or ``None`` when ``kernel/minimal/bzImage`` has not been built.
+    """
+    d = (cache_dir or default_cache_dir()) / "kernel" / "minimal"
+    image = d / "bzImage"
+    if not image.is_file():
+        return None
+    try:
+        version = (d / "version").read_text().strip()
+    except OSError:
+        version = ""
+    version = version or read_bzimage_version(image) or "unknown"
+    config = d / "config" if (d / "config").is_file() else None
+    try:
+        stamp = (d / "stamp").read_text().strip()[:12]
+    except OSError:
+        stamp = "?"
+    return Kernel(
+        kind="minimal",
+        path=image,
+        version=version,
+        config=config,
+        source=f"scripts/build-kernel.sh (stamp {stamp})",
+        **_capabilities(_parse_kconfig(config), set()),
+    )
+
+
+def custom_kernel(path: Path) -> Kernel:
+    """Describe a user-supplied kernel (``MSB_KERNEL``); it must need no modules.
+
+    A ``.config`` is looked for beside it (``config``, ``config-<release>`` or
+    ``<name>.config``) to fill the capability flags; without one they are ``False``.
+
+    Args:
+        path: the bzImage.
+
+    Returns:
+        The kernel (kind ``custom``).
+
+    Raises:
+        KernelNotFoundError: the file does not exist or is not a bzImage.
+    """
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise KernelNotFoundError(
+            f"MSB_KERNEL points to {path}, which does not exist",
+            hint="set MSB_KERNEL to a bzImage, or unset it to use `make kernel`'s kernel",
+        )
+    version = read_bzimage_version(path)
+    if version is None:
+        raise KernelNotFoundError(
+            f"MSB_KERNEL={path} is not a bzImage (no 'HdrS' boot header)",
+            hint="QEMU's -kernel needs a bzImage (arch/x86/boot/bzImage), not vmlinux",
+        )
+    config = next(
+        (
+            c
+            for c in (path.parent / "config", path.parent / f"config-{version}", path.with_suffix(".config"))
+            if c.is_file()
+        ),
+        None,
+    )
+    return Kernel(
+        kind="custom",
+        path=path,
+        version=version,
+        config=config,
+        source="MSB_KERNEL",
+        **_capabilities(_parse_kconfig(config), set()),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Debian's cloud kernel
+
+
+class _ModuleEntry(BaseModel):
+    name: str
+    file: str
+    """File name under ``msb-modules/`` (uncompressed)."""
+    source: str
+    """Path of the original (maybe compressed) file, relative to the unpacked tree."""
+    sha256: str
+
+
+class _ModulesJson(BaseModel):
+    """``kernel/debian-<abi>/modules.json``."""
+
+    format: int
+    package: str
+    package_version: str
+    deb_sha256: str
+    release: str
+    vmlinuz: str
+    """Relative to the directory."""
+    config: str | None = None
+    requested: list[str]
+    modules: list[_ModuleEntry]
+    """Load order, dependencies first."""
+    builtin: list[str]
+    """Requested modules that are built into this kernel (nothing to load)."""
+    absent: list[str]
+    """Optional modules this package does not have."""
+
+
+def _debian_kernel_from_dir(d: Path, expect_version: str | None = None) -> Kernel | None:
+    """Load an unpacked Debian kernel from ``d`` if it is complete and current."""
+    try:
+        meta = _ModulesJson.model_validate_json((d / "modules.json").read_bytes())
+    except (OSError, ValidationError, ValueError):
+        return None
+    if meta.format != MODULES_JSON_FORMAT or meta.requested != _requested_modules():
+        return None
+    if expect_version is not None and meta.package_version != expect_version:
+        return None
+    image = d / meta.vmlinuz
+    modules = [d / "msb-modules" / m.file for m in meta.modules]
+    if not image.is_file() or not all(m.is_file() for m in modules):
+        return None
+    config = d / meta.config if meta.config else None
+    return Kernel(
+        kind="debian",
+        path=image,
+        version=meta.release,
+        modules=modules,
+        config=config,
+        source=f"{meta.package} {meta.package_version}",
+        **_capabilities(_parse_kconfig(config), {m.name for m in meta.modules}),
+    )
+
+
+def _requested_modules() -> list[str]:
+    return [*DEBIAN_REQUIRED_MODULES, *DEBIAN_OPTIONAL_MODULES]
+
+
+def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Rough Debian version ordering for picking the newest cached kernel."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.findall(r"\d+|[a-z]+", version))
+
+
+def load_cached_debian_kernel(cache_dir: Path | None = None) -> Kernel | None:
+    """Return the newest Debian kernel already unpacked in the cache, without asking apt.
+
+    Args:
+        cache_dir: the msb cache (default :func:`default_cache_dir`).
+
+    Returns:
+        The kernel, or ``None`` when none was fetched yet.
+    """
+    base = (cache_dir or default_cache_dir()) / "kernel"
+    found: list[tuple[tuple[tuple[int, int | str], ...], Kernel]] = []
+    for d in base.glob("debian-*"):
+        kernel = _debian_kernel_from_dir(d)
+        if kernel is not None:
+            version = kernel.source.rpartition(" ")[2]
+            found.append((_version_key(version), kernel))
+    if not found:
+        return None
+    return max(found, key=lambda item: item[0])[1]
+
+
+def _resolve_debian_package() -> tuple[str, str, str]:
+    """Ask apt for the newest cloud kernel: ``(package, version, abi)``.
+
+    Raises:
+        KernelFetchError: apt does not know the metapackage or its dependency.
+    """
+    hint = "run `apt-get update`; the host needs Debian's main archive in its apt sources"
+    out = _run(["apt-cache", "show", "--no-all-versions", DEBIAN_META_PACKAGE], what="resolving the kernel")
+    records = _deb822(out)
+    if not records or "Depends" not in records[0]:
+        raise KernelFetchError(f"apt-cache knows no {DEBIAN_META_PACKAGE}", hint=hint)
+    for alternative in records[0]["Depends"].split(","):
+        first = alternative.split("|")[0].strip()
+        m = re.fullmatch(r"(linux-image-(\S+)-cloud-amd64)(?:\s*\(\s*=\s*([^)\s]+)\s*\))?", first)
+        if m:
+            package, abi, version = m.group(1), m.group(2), m.group(3)
+            break
+    else:
+        raise KernelFetchError(
+            f"{DEBIAN_META_PACKAGE} depends on no linux-image-*-cloud-amd64: {records[0]['Depends']!r}",
+            hint=hint,
+        )
+    if version is None:
+        cand = _deb822(_run(["apt-cache", "show", "--no-all-versions", package], what="resolving the kernel"))
+        if not cand or "Version" not in cand[0]:
+            raise KernelFetchError(f"apt-cache has no candidate for {package}", hint=hint)
+        version = cand[0]["Version"]
+    return package, version, f"{abi}-cloud-amd64"
+
+
+def _archive_record(package: str, version: str) -> dict[str, str]:
+    """The archive's record (``SHA256``, ``Size``) for one package version."""
+    out = _run(["apt-cache", "show", f"{package}={version}"], what="reading the package record")
+    for record in _deb822(out):
+        if record.get("Package") == package and record.get("Version") == version and "SHA256" in record:
+            return record
+    raise KernelFetchError(
+        f"apt-cache show {package}={version} has no SHA256 field",
+        hint="run `apt-get update`",
+    )
+
+
+def _download_deb(package: str, version: str, record: dict[str, str], dest: Path) -> Path:
+    """``apt-get download`` one package into ``dest`` and check it against ``record``.
+
+    apt itself verifies the file against the archive's index, whose ``Release`` file is
+    signed by the Debian archive key (the ``Packages`` hash chain); the SHA256 compared here
+    is the same index entry, checked again so a bypassed or misconfigured apt cannot hand us
+    another file.
+    """
+    download_dir = dest
+    tmp_owned: Path | None = None
+    if os.geteuid() == 0:
+        # apt drops to the `_apt` user to download; it needs a directory it can write, and
+        # the cache usually sits under /root (0700). Download into /tmp instead.
+        try:
+            apt_user = pwd.getpwnam("_apt")
+        except KeyError:
+            apt_user = None
+        if apt_user is not None:
+            tmp_owned = Path(tempfile.mkdtemp(prefix="msb-kernel-dl-"))
+            os.chown(tmp_owned, apt_user.pw_uid, -1)
+            download_dir = tmp_owned
+    try:
+        _run(["apt-get", "download", "-q", f"{package}={version}"], cwd=download_dir, what="downloading the kernel")
+        debs = sorted(download_dir.glob(f"{package}_*.deb"))
+        if len(debs) != 1:
+            raise KernelFetchError(f"apt-get download left {len(debs)} files for {package} in {download_dir}")
+        deb = debs[0]
+        want_size = int(record.get("Size", "-1"))
+        if want_size >= 0 and deb.stat().st_size != want_size:
+            raise KernelIntegrityError(
+                f"{deb.name}: size {deb.stat().st_size} != {want_size} from the archive index",
+                hint="run `apt-get update` and try again; if it persists, check the mirror",
+            )
+        got = _sha256(deb)
+        if got != record["SHA256"].lower():
+            raise KernelIntegrityError(
+                f"{deb.name}: SHA256 {got} does not match the archive index ({record['SHA256']})",
+                hint="run `apt-get update` and try again; if it persists, check the mirror",
+            )
+        final = dest / deb.name
+        shutil.move(deb, final)
+        return final
+    finally:
+        if tmp_owned is not None:
+            shutil.rmtree(tmp_owned, ignore_errors=True)
+
+
+def _modules_dir(root: Path, release: str | None) -> Path:
+    """Find ``lib/modules/<release>`` (or ``usr/lib/modules``) in an unpacked package."""
+    for base in (root / "lib" / "modules", root / "usr" / "lib" / "modules"):
+        if release and (base / release).is_dir():
+            return base / release
+        if not release and base.is_dir():
+            dirs = [d for d in base.iterdir() if d.is_dir()]
+            if len(dirs) == 1:
+                return dirs[0]
+    raise KernelFetchError(f"the kernel package has no lib/modules/{release or '*'} directory")
+
+
+def _ensure_modules_dep(root: Path, moddir: Path) -> None:
+    """Generate ``modules.dep`` with ``depmod -b`` (Debian ships it only after postinst)."""
+    if (moddir / "modules.dep").is_file():
+        return
+    release = moddir.name
+    if moddir.parent == root / "usr" / "lib" / "modules" and not (root / "lib").exists():
+        (root / "lib").symlink_to("usr/lib")
+    depmod = shutil.which("depmod") or next(
+        (p for p in ("/usr/sbin/depmod", "/sbin/depmod") if os.access(p, os.X_OK)), None
+    )
+    if depmod is None:
+        raise KernelFetchError(
+            "depmod is not installed (needed to resolve module dependencies)",
+            hint="apt-get install kmod",
+        )
+    _run([depmod, "-b", str(root), release], what="resolving module dependencies")
+    if not (moddir / "modules.dep").is_file():
+        raise KernelFetchError(f"depmod did not write {moddir / 'modules.dep'}")
+
+
+def _select_modules(moddir: Path) -> tuple[list[Path], list[str], list[str]]:
+    """Pick the guest's modules and their dependencies from ``modules.dep``.
+
+    Returns:
+        ``(files in load order, requested names that are built in, optional names absent)``.
+
+    Raises:
+        KernelFetchError: a required module is neither built in nor a module.
+    """
+    paths: dict[str, Path] = {}
+    deps: dict[str, list[str]] = {}
+    for line in (moddir / "modules.dep").read_text().splitlines():
+        if ":" not in line:
+            continue
+        target, _, rest = line.partition(":")
+        name = _module_name(Path(target).name)
+        paths[name] = moddir / target
+        deps[name] = [_module_name(Path(d).name) for d in rest.split()]
+    builtin_file = moddir / "modules.builtin"
+    builtin = (
+        {_module_name(Path(x).name) for x in builtin_file.read_text().split()} if builtin_file.is_file() else set()
+    )
+
+    order: list[str] = []
+    done: set[str] = set()
+
+    def visit(name: str, stack: tuple[str, ...]) -> None:
+        if name in done:
+            return
+        if name in stack:
+            raise KernelFetchError(f"module dependency cycle: {' -> '.join((*stack, name))}")
+        for dep in deps.get(name, []):
+            if dep not in paths:
+                if dep in builtin:
+                    continue
+                raise KernelFetchError(f"module {name} needs {dep}, which modules.dep does not list")
+            visit(dep, (*stack, name))
+        done.add(name)
+        order.append(name)
+
+    built_in: list[str] = []
+    absent: list[str] = []
+    for name in _requested_modules():
+        if name in builtin and name not in paths:
+            built_in.append(name)
+        elif name in paths:
+            visit(name, ())
+        elif name in DEBIAN_REQUIRED_MODULES:
+            raise KernelFetchError(
+                f"the Debian kernel has no {name} (neither built in nor a module)",
+                hint="set MSB_KERNEL to a kernel with it built in, or run `make kernel`",
+            )
+        else:
+            absent.append(name)
+    return [paths[n] for n in order], built_in, absent
+
+
+def _decompress_module(src: Path, dst: Path) -> None:
+    """Copy a module to ``dst``, decompressing ``.ko.xz``/``.ko.gz``/``.ko.zst``."""
+    if src.name.endswith(".ko"):
+        shutil.copyfile(src, dst)
+    elif src.name.endswith(".ko.xz"):
+        dst.write_bytes(lzma.decompress(src.read_bytes()))
+    elif src.name.endswith(".ko.gz"):
+        dst.write_bytes(gzip.decompress(src.read_bytes()))
+    elif src.name.endswith(".ko.zst"):
+        zstd = shutil.which("zstd")
+        if zstd is None:
+            raise KernelFetchError(
+                f"{src.name} is zstd-compressed and zstd is not installed", hint="apt-get install zstd"
+            )
+        _run([zstd, "-q", "-d", "-f", "-o", str(dst), str(src)], what="decompressing modules")
+    else:
+        raise KernelFetchError(f"unknown module file type: {src.name}")
+    with open(dst, "rb") as f:
+        if f.read(4) != b"\x7fELF":
+            raise KernelFetchError(f"{dst.name} is not an ELF file after decompression")
+
+
+def _unpack_debian(deb: Path, root: Path, package: str, version: str, abi: str) -> None:
+    """Unpack ``deb`` into ``root`` and write ``msb-modules/`` and ``modules.json`` there."""
+    root.mkdir()
+    _run(["dpkg-deb", "-x", str(deb), str(root)], what="unpacking the kernel package")
+    moddir = _modules_dir(root, abi)
+    release = moddir.name
+    vmlinuz = root / "boot" / f"vmlinuz-{release}"
+    if not vmlinuz.is_file():
+        raise KernelFetchError(f"{package} has no boot/vmlinuz-{release}")
+    config = root / "boot" / f"config-{release}"
+    _ensure_modules_dep(root, moddir)
+    files, built_in, absent = _select_modules(moddir)
+
+    out = root / "msb-modules"
+    out.mkdir()
+    entries: list[_ModuleEntry] = []
+    for src in files:
+        name = _module_name(src.name)
+        file = src.name.split(".ko", 1)[0] + ".ko"
+        if (out / file).exists():
+            raise KernelFetchError(f"two selected modules share the file name {file}")
+        _decompress_module(src, out / file)
+        entries.append(
+            _ModuleEntry(name=name, file=file, source=str(src.relative_to(root)), sha256=_sha256(out / file))
+        )
+    meta = _ModulesJson(
+        format=MODULES_JSON_FORMAT,
+        package=package,
+        package_version=version,
+        deb_sha256=_sha256(deb),
+        release=release,
+        vmlinuz=str(vmlinuz.relative_to(root)),
+        config=str(config.relative_to(root)) if config.is_file() else None,
+        requested=_requested_modules(),
+        modules=entries,
+        builtin=built_in,
+        absent=absent,
+    )
+    (root / "modules.json").write_text(meta.model_dump_json(indent=2) + "\n")
+
+
+def fetch_debian_kernel(cache_dir: Path) -> Kernel:
+    """Download and unpack the newest Debian cloud kernel (a fast no-op when cached).
+
+    Resolves ``linux-image-<abi>-cloud-amd64`` from the ``linux-image-cloud-amd64``
+    metapackage's ``Depends`` (apt's candidate), fetches it with ``apt-get download``,
+    checks its size and SHA256 against ``apt-cache show``, unpacks it with ``dpkg-deb -x``
+    into a temporary directory, selects the guest's modules with their dependencies
+    (``modules.dep``, generated with ``depmod`` because the package ships none),
+    decompresses them into ``msb-modules/``, writes ``modules.json``, and renames the
+    directory to ``kernel/debian-<abi>/``. Concurrent callers are serialised with a lock.
+
+    Args:
+        cache_dir: the msb cache directory.
+
+    Returns:
+        The Debian kernel with its modules in load order.
+
+    Raises:
+        KernelFetchError: apt/dpkg are missing, the package is unknown, or unpacking failed.
+        KernelIntegrityError: the download does not match the archive's checksum.
+    """
+    base = cache_dir / "kernel"
+    package, version, abi = _resolve_debian_package()
+    target = base / f"debian-{abi}"
+    kernel = _debian_kernel_from_dir(target, version)
+    if kernel is not None:
+        return kernel
+
+    with _locked(base / ".debian.lock"):
+        kernel = _debian_kernel_from_dir(target, version)  # another process may have won
+        if kernel is not None:
+            return kernel
+        record = _archive_record(package, version)
+        work = Path(tempfile.mkdtemp(prefix=".debian-tmp-", dir=base))
+        try:
+            deb = _download_deb(package, version, record, work)
+            root = work / "root"
+            _unpack_debian(deb, root, package, version, abi)
+            deb.unlink()
+            if target.exists():  # stale: older package revision with the same ABI, or partial
+                target.rename(work / "old")
+            root.rename(target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    kernel = _debian_kernel_from_dir(target, version)
+    if kernel is None:
+        raise KernelFetchError(f"{target} is incomplete after unpacking")
+    return kernel
+
+
+# --------------------------------------------------------------------------------------
+# the choice
+
+
+def resolve_kernel(cache_dir: Path | None = None, prefer: str | None = None) -> Kernel:
+    """Pick the guest kernel.
+
+    Without ``prefer``: ``MSB_KERNEL`` (a bzImage, kind ``custom``) wins; else the minimal
+    kernel if it has been built (it boots fastest); else Debian's cloud kernel, from the
+    cache or fetched now with apt.
+
+    Args:
+        cache_dir: the msb cache (default ``MSB_CACHE_DIR`` or ``~/.cache/msb``).
+        prefer: ``"minimal"``, ``"debian"`` or ``"custom"`` to ask for one kind; an explicit
+            choice overrides ``MSB_KERNEL`` and fails instead of falling back.
+
+    Returns:
+        The kernel to boot.
+
+    Raises:
+        KernelNotFoundError: no usable kernel; the hint names `make kernel`, `make setup`
+            and MSB_KERNEL.
+        KernelError: ``prefer`` is not a known kind, or fetching Debian's kernel failed
+            when it was asked for explicitly.
+    """
+    cache = cache_dir or default_cache_dir()
+    if prefer not in (None, "minimal", "debian", "custom"):
+        raise KernelError(
+            f"unknown kernel kind {prefer!r}", hint="use 'minimal', 'debian' or 'custom' (MSB_KERNEL)"
+        )
+    env = os.environ.get("MSB_KERNEL")
+    if prefer == "custom" or (prefer is None and env):
+        if not env:
+            raise KernelNotFoundError(
+                "a custom kernel was asked for but MSB_KERNEL is not set",
+                hint="set MSB_KERNEL=/path/to/bzImage",
+            )
+        return custom_kernel(Path(env))
+    if prefer == "minimal":
+        kernel = load_minimal_kernel(cache)
+        if kernel is None:
+            raise KernelNotFoundError(
+                f"the minimal kernel is not built ({cache / 'kernel' / 'minimal' / 'bzImage'} is missing)",
+                hint="run `make kernel`",
+            )
+        return kernel
+    if prefer == "debian":
+        return load_cached_debian_kernel(cache) or fetch_debian_kernel(cache)
+
+    for kind in _AUTO_ORDER:
+        kernel = load_minimal_kernel(cache) if kind == "minimal" else load_cached_debian_kernel(cache)
+        if kernel is not None:
+            return kernel
+    try:
+        return fetch_debian_kernel(cache)
+    except KernelError as exc:
+        raise KernelNotFoundError(
+            f"no guest kernel found in {cache / 'kernel'}, and Debian's could not be fetched: {exc.message}",
+            hint=_HINT_NO_KERNEL,
+        ) from exc

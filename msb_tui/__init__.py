@@ -1,0 +1,1 @@
+"""msb-tui: the Textual workbench on top of ``engine``."""

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Idempotent setup for a fresh Debian/Ubuntu host: system packages, .venv, the guest agent,
+# the guest kernel and the test root filesystems. Quick when everything is already there.
+# Used by `make setup` (and so by `make run`, `make test`, .ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+CACHE="${MSB_CACHE_DIR:-$HOME/.cache/msb}"
+mkdir -p "$CACHE"
+say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
+
+# --- 1. system packages ------------------------------------------------------------------
+# binary -> Debian package that provides it
+declare -A NEED=(
+  [qemu-system-x86_64]=qemu-system-x86
+  [mkfs.ext4]=e2fsprogs
+  [debugfs]=e2fsprogs
+  [gcc]=gcc
+  [make]=make
+  [tmux]=tmux
+)
+missing=()
+for bin in "${!NEED[@]}"; do
+  command -v "$bin" >/dev/null 2>&1 || [[ -x "/sbin/$bin" || -x "/usr/sbin/$bin" ]] || missing+=("${NEED[$bin]}")
+done
+dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+dpkg -s libc6-dev >/dev/null 2>&1 || missing+=(libc6-dev)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+if ((${#missing[@]})); then
+  pkgs="$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')"
+  say "installing system packages: $pkgs"
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+fi
+
+# --- 2. Python environment ---------------------------------------------------------------
+stamp_src="$(sha256sum pyproject.toml | cut -c1-16)"
+if [[ ! -x .venv/bin/python || "$(cat .venv/.msb-stamp 2>/dev/null)" != "$stamp_src" ]]; then
+  say "creating .venv and installing msb (editable) with its dev tools"
+  [[ -x .venv/bin/python ]] || python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e '.[dev]'
+  echo "$stamp_src" > .venv/.msb-stamp
+fi
+
+# --- 3. guest agent (static C binary) ----------------------------------------------------
+make -s -C engine/guest/agent OUT="$CACHE/agent"
+
+# --- 4. guest kernel (Debian's cloud kernel, verified by apt) ---------------------------
+if [[ -z "${MSB_KERNEL:-}" ]]; then
+  .venv/bin/python -m engine.vm.kernel --ensure >/dev/null
+fi
+
+# --- 5. root filesystems for tests and demos ---------------------------------------------
+bash scripts/build-test-rootfs.sh >/dev/null
+say "ready ($ROOT)"

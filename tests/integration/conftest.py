@@ -1,0 +1,57 @@
+"""Fixtures for tests that boot real VMs (marked ``vm``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from engine import paths
+from engine.sandbox.engine import Engine
+from engine.sandbox.sandbox import Sandbox
+from engine.sandbox.spec import SandboxSpec
+
+BUSYBOX = paths.cache_dir() / "rootfs-dirs" / "busybox"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.vm)
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs() -> Path:
+    if not (BUSYBOX / ".complete").exists():
+        pytest.fail(f"{BUSYBOX} is missing: run `make setup` (scripts/build-test-rootfs.sh)")
+    return BUSYBOX
+
+
+@pytest.fixture
+def engine() -> Engine:
+    return Engine()
+
+
+@pytest.fixture
+async def sandbox(engine: Engine, busybox_rootfs: Path) -> AsyncIterator[Sandbox]:
+    sb = await engine.start(SandboxSpec(name="t-" + os.urandom(3).hex(), rootfs=busybox_rootfs, memory_mib=256))
+    try:
+        yield sb
+    finally:
+        await sb.kill()
+
+
+def pid_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
