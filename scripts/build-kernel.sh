@@ -5,13 +5,14 @@
 #
 # Source:  Debian's /usr/src/linux-source-*.tar.xz (package linux-source; the
 #          newest tarball wins).
+# Patches: kernel/patches/*.patch, applied in name order (patch -p1).
 # Config:  `make tinyconfig`, then kernel/msb-minimal.config merged with
 #          allnoconfig semantics (options not in the fragment stay off).
 # Output:  ${MSB_CACHE_DIR:-$HOME/.cache/msb}/kernel/minimal/
 #            bzImage   the kernel
 #            version   `make kernelrelease` (e.g. 6.1.192-msb)
 #            config    the final .config
-#            stamp     hash of fragment + source tarball + this script
+#            stamp     hash of fragment + patches + source tarball + this script
 # The build tree stays in .../kernel/build/ so a changed fragment rebuilds
 # incrementally; --clean removes it after a successful build.
 #
@@ -32,6 +33,8 @@ done
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FRAGMENT="$ROOT/kernel/msb-minimal.config"
+PATCHES=("$ROOT"/kernel/patches/*.patch)
+[[ -e "${PATCHES[0]}" ]] || PATCHES=()
 CACHE="${MSB_CACHE_DIR:-$HOME/.cache/msb}"
 OUT="$CACHE/kernel/minimal"
 BUILD="$CACHE/kernel/build"
@@ -45,7 +48,7 @@ die() { printf 'build-kernel: error: %s\n' "$*" >&2; exit 1; }
 # --- build dependencies --------------------------------------------------------
 need_pkgs=()
 for pair in gcc:build-essential make:build-essential bc:bc flex:flex bison:bison \
-            lz4:lz4 xz:xz-utils perl:perl; do
+            lz4:lz4 xz:xz-utils perl:perl patch:patch; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
 done
 for pair in /usr/include/libelf.h:libelf-dev /usr/include/openssl/ssl.h:libssl-dev; do
@@ -67,7 +70,8 @@ SRCNAME="$(basename "$TARBALL" .tar.xz)"          # linux-source-6.1
 # --- idempotency -----------------------------------------------------------------
 # Debian's package version says which patch level the tarball holds.
 SRCPKG_VER="$(dpkg-query -W -f='${Version}' "$SRCNAME" 2>/dev/null || stat -c %Y "$TARBALL")"
-STAMP="$( { cat "$FRAGMENT"; echo "$SRCNAME $SRCPKG_VER"; cat "$0"; } | sha256sum | cut -d' ' -f1)"
+PATCH_HASH="$( { echo "${PATCHES[@]##*/}"; cat /dev/null "${PATCHES[@]}"; } | sha256sum | cut -c1-16)"
+STAMP="$( { cat "$FRAGMENT"; echo "$SRCNAME $SRCPKG_VER $PATCH_HASH"; cat "$0"; } | sha256sum | cut -d' ' -f1)"
 if [[ $FORCE -eq 0 && -f "$OUT/bzImage" && -f "$OUT/stamp" && "$(cat "$OUT/stamp")" == "$STAMP" ]]; then
     log "up to date: $OUT/bzImage ($(cat "$OUT/version"))"
     echo "$OUT/bzImage"
@@ -78,14 +82,19 @@ fi
 mkdir -p "$BUILD"
 SRC="$BUILD/$SRCNAME"
 OBJ="$BUILD/obj"
-if [[ ! -f "$SRC/.msb-src-$SRCPKG_VER" ]]; then
+MARKER=".msb-src-$SRCPKG_VER-$PATCH_HASH"
+if [[ ! -f "$SRC/$MARKER" ]]; then
     log "unpacking $TARBALL ($SRCPKG_VER)"
     rm -rf "$SRC" "$OBJ" "$SRC.tmp"
     mkdir -p "$SRC.tmp"
     tar -xf "$TARBALL" -C "$SRC.tmp"
+    for p in "${PATCHES[@]}"; do
+        log "applying ${p#$ROOT/}"
+        patch -d "$SRC.tmp/$SRCNAME" -p1 --forward --quiet <"$p" || die "patch ${p#$ROOT/} does not apply"
+    done
     mv "$SRC.tmp/$SRCNAME" "$SRC"
     rmdir "$SRC.tmp"
-    touch "$SRC/.msb-src-$SRCPKG_VER"
+    touch "$SRC/$MARKER"
 fi
 mkdir -p "$OBJ"
 

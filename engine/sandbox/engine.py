@@ -93,7 +93,11 @@ class Engine:
     async def _prepare(self) -> Assets:
         if not self.backend.needs_boot_assets:
             return self._placeholder_assets()
-        kernel = self._kernel or await asyncio.to_thread(resolve_kernel, self.cache_dir)
+        kernel: Kernel
+        if self._kernel is not None:
+            kernel = self._kernel
+        else:
+            kernel = await asyncio.to_thread(resolve_kernel, self.cache_dir)
         if self.backend.name == "qemu" and read_bzimage_version(kernel.path) is None:
             raise KernelError(
                 f"the guest kernel {kernel.path} is missing or not a bzImage (corrupt download or build?)",

@@ -9,6 +9,7 @@ enforces what the guest promised: output within the flow-control window, file re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -285,14 +286,16 @@ class AgentClient:
             gid=p.NO_ID if gid is None else gid,
         )
         fid, route = self._new_route(limit=WINDOW)
-        await self._send(p.frame(p.T.EXEC, fid, body))
-        first = await self._next(route)
-        if isinstance(first, p.Result):
+        try:
+            await self._send(p.frame(p.T.EXEC, fid, body))
+            first = await self._next(route)
+            if isinstance(first, p.Result):
+                raise _exec_error(argv, first)
+            if not isinstance(first, p.Started):
+                raise ProtocolError(f"guest answered EXEC with {first.kind}")
+        except BaseException:
             self._routes.pop(fid, None)
-            raise _exec_error(argv, first)
-        if not isinstance(first, p.Started):
-            self._routes.pop(fid, None)
-            raise ProtocolError(f"guest answered EXEC with {first.kind}")
+            raise
         return Process(self, fid, route, first.pid, argv)
 
     async def exec(
@@ -332,7 +335,11 @@ class AgentClient:
             buf += chunk.data[: max(room, 0)]
         status = await proc.wait()
         if writer is not None:
+            # The process may exit without reading all its stdin; that is not an error,
+            # but a dead channel is, and the wait above has raised it already.
             writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, MsbError):
+                await writer
         return ExecResult(
             exit_code=status.exit_code,
             signal=status.signal,

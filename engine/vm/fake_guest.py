@@ -5,6 +5,10 @@ agent (``engine/guest/agent``) does, with the host's own machinery as its counte
 run as host subprocesses (:mod:`engine.vm.fake_exec`), files live in a per-VM temporary
 directory that stands for ``/``, and metrics are synthetic but move over time.
 
+Only the FILE_* requests and the working directory are confined to that directory. Commands
+are ordinary host processes of the current user: an absolute path in a command reaches the
+host's files. This is a test double, never a sandbox; give it trusted commands only.
+
 It can also misbehave on purpose, to test the host's defences (``misbehave=``):
 
 - ``"oversized_frame"``: answers the first request with a header whose ``len`` is over

@@ -27,7 +27,6 @@ import contextlib
 import fcntl
 import gzip
 import hashlib
-import json
 import lzma
 import os
 import pwd
@@ -209,11 +208,8 @@ def _capabilities(config: dict[str, str], modules: set[str]) -> dict[str, bool]:
         return value == "y" or (value == "m" and module in modules)
 
     return {
-        "supports_9p": have("NET_9P", "9pnet")
-        and have("NET_9P_VIRTIO", "9pnet_virtio")
-        and have("9P_FS", "9p"),
-        "supports_vsock": have("VSOCKETS", "vsock")
-        and have("VIRTIO_VSOCKETS", "vmw_vsock_virtio_transport"),
+        "supports_9p": have("NET_9P", "9pnet") and have("NET_9P_VIRTIO", "9pnet_virtio") and have("9P_FS", "9p"),
+        "supports_vsock": have("VSOCKETS", "vsock") and have("VIRTIO_VSOCKETS", "vmw_vsock_virtio_transport"),
         "virtio_mmio_cmdline": config.get("VIRTIO_MMIO_CMDLINE_DEVICES") == "y",
     }
 
@@ -226,9 +222,7 @@ def _run(argv: Sequence[str], *, cwd: Path | None = None, what: str) -> str:
     """
     env = dict(os.environ, LC_ALL="C", LANG="C")
     try:
-        proc = subprocess.run(
-            list(argv), cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=600
-        )
+        proc = subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=600)
     except FileNotFoundError as exc:
         raise KernelFetchError(
             f"{what}: `{argv[0]}` is not installed",
@@ -774,9 +768,7 @@ def resolve_kernel(cache_dir: Path | None = None, prefer: str | None = None) -> 
     """
     cache = cache_dir or default_cache_dir()
     if prefer not in (None, "minimal", "debian", "custom"):
-        raise KernelError(
-            f"unknown kernel kind {prefer!r}", hint="use 'minimal', 'debian' or 'custom' (MSB_KERNEL)"
-        )
+        raise KernelError(f"unknown kernel kind {prefer!r}", hint="use 'minimal', 'debian' or 'custom' (MSB_KERNEL)")
     env = os.environ.get("MSB_KERNEL")
     if prefer == "custom" or (prefer is None and env):
         if not env:

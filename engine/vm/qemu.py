@@ -112,7 +112,10 @@ def build_argv(qemu: str, spec: VmSpec, sockets: dict[str, Path]) -> list[str]:
         sockets: listening socket paths for ``agent``, ``console`` and ``qmp``.
     """
     mmio = spec.machine == "microvm"
-    dev = (lambda d: f"{d}-device") if mmio else (lambda d: f"{d}-pci")
+
+    def dev(kind: str) -> str:  # microvm has virtio-mmio devices, q35 has PCI ones
+        return f"{kind}-device" if mmio else f"{kind}-pci"
+
     machine = "microvm,acpi=on,pit=off,pic=off,rtc=on" if mmio else "q35"
     accel = ["-accel", "kvm", "-cpu", "host"] if spec.accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
     argv = [
@@ -315,7 +318,8 @@ class QemuBackend:
     ) -> dict[str, tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
         waiter = asyncio.gather(*accepted.values())
         exited = asyncio.ensure_future(proc.wait())
-        done, _ = await asyncio.wait({waiter, exited}, timeout=CONNECT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        both: set[asyncio.Future[Any]] = {waiter, exited}
+        done, _ = await asyncio.wait(both, timeout=CONNECT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
         if waiter in done:
             exited.cancel()
             return dict(zip(accepted.keys(), waiter.result()))

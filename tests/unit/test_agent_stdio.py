@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import shutil
 import stat
 import struct
 import subprocess
@@ -57,12 +56,17 @@ def lst(items: list[bytes]) -> bytes:
     return struct.pack(">I", len(items)) + b"".join(items)
 
 
-def exec_body(argv, *, tty=0, stdin=0, rows=24, cols=80, timeout_ms=0, window=1 << 20,
-              uid=KEEP, gid=KEEP, env=None, cwd="") -> bytes:
+def exec_body(
+    argv, *, tty=0, stdin=0, rows=24, cols=80, timeout_ms=0, window=1 << 20, uid=KEEP, gid=KEEP, env=None, cwd=""
+) -> bytes:
     if env is None:
         env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
-    return (struct.pack(">BBHHIIII", tty, stdin, rows, cols, timeout_ms, window, uid, gid)
-            + lst([bts(a) for a in argv]) + lst([bts(e) for e in env]) + bts(cwd))
+    return (
+        struct.pack(">BBHHIIII", tty, stdin, rows, cols, timeout_ms, window, uid, gid)
+        + lst([bts(a) for a in argv])
+        + lst([bts(e) for e in env])
+        + bts(cwd)
+    )
 
 
 class Body:
@@ -73,16 +77,27 @@ class Body:
 
     def take(self, n: int) -> bytes:
         assert self.o + n <= len(self.d), "body too short"
-        v = self.d[self.o:self.o + n]
+        v = self.d[self.o : self.o + n]
         self.o += n
         return v
 
-    def u8(self): return self.take(1)[0]
-    def u32(self): return struct.unpack(">I", self.take(4))[0]
-    def i32(self): return struct.unpack(">i", self.take(4))[0]
-    def u64(self): return struct.unpack(">Q", self.take(8))[0]
-    def i64(self): return struct.unpack(">q", self.take(8))[0]
-    def bytes(self): return self.take(self.u32())
+    def u8(self):
+        return self.take(1)[0]
+
+    def u32(self):
+        return struct.unpack(">I", self.take(4))[0]
+
+    def i32(self):
+        return struct.unpack(">i", self.take(4))[0]
+
+    def u64(self):
+        return struct.unpack(">Q", self.take(8))[0]
+
+    def i64(self):
+        return struct.unpack(">q", self.take(8))[0]
+
+    def bytes(self):
+        return self.take(self.u32())
 
     def done(self):
         assert self.o == len(self.d), "trailing bytes"
@@ -97,9 +112,10 @@ class Agent:
         self.logs: list[str] = []
 
     @classmethod
-    async def start(cls) -> "Agent":
+    async def start(cls) -> Agent:
         proc = await asyncio.create_subprocess_exec(
-            str(AGENT), "--serve-stdio", stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            str(AGENT), "--serve-stdio", stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
         return cls(proc)
 
     def send(self, type_: int, id_: int, body: bytes = b"") -> None:
@@ -116,6 +132,7 @@ class Agent:
             type_, flags, reserved, id_ = struct.unpack(">BBHI", rest[:8])
             assert flags == 0 and reserved == 0
             return type_, id_, rest[8:]
+
         return await asyncio.wait_for(read(), timeout)
 
     async def recv(self, timeout: float = 10.0) -> tuple[int, int, bytes]:
@@ -164,8 +181,17 @@ class ExecResult:
         self.max_unacked = 0
 
 
-async def run_exec(agent: Agent, id_: int, argv, *, stdin_data: bytes | None = None,
-                   window: int = 1 << 20, ack: bool = True, timeout: float = 10.0, **kw) -> ExecResult:
+async def run_exec(
+    agent: Agent,
+    id_: int,
+    argv,
+    *,
+    stdin_data: bytes | None = None,
+    window: int = 1 << 20,
+    ack: bool = True,
+    timeout: float = 10.0,
+    **kw,
+) -> ExecResult:
     """EXEC, feed stdin, collect output (ACKing it) until EXIT, checking flow control."""
     agent.send(EXEC, id_, exec_body(argv, window=window, stdin=int(stdin_data is not None), **kw))
     r = ExecResult()
@@ -220,6 +246,7 @@ def agent_test(fn):
             finally:
                 agent.kill()
                 await agent.proc.wait()
+
         asyncio.run(main())
 
     # No functools.wraps: pytest would read the wrapped signature and look for an `agent` fixture.
@@ -258,6 +285,7 @@ def test_ready():
             await agent.shutdown()
         finally:
             agent.kill()
+
     asyncio.run(main())
 
 
@@ -283,6 +311,16 @@ async def test_stdin_to_cat(agent):
     assert r.stdout == data and r.code == 0
     r = await run_exec(agent, 2, ["cat"], stdin_data=b"")
     assert r.stdout == b"" and r.code == 0
+    # more than any pipe holds, in many frames: exercises the agent's pending-stdin buffer
+    agent.send(EXEC, 4, exec_body(["wc", "-c"], stdin=1))
+    await agent.expect(STARTED, 4)
+    for _ in range(48):
+        agent.send(STDIN, 4, b"x" * 65536)
+    agent.send(STDIN_EOF, 4)
+    body = await agent.expect(STDOUT, 4)
+    assert int(body.take(len(body.d))) == 48 * 65536
+    body = await agent.expect(EXIT, 4)
+    assert body.i32() == 0
     # stdin=0 is /dev/null: cat ends at once
     r = await run_exec(agent, 3, ["cat"])
     assert r.stdout == b"" and r.code == 0
@@ -291,9 +329,9 @@ async def test_stdin_to_cat(agent):
 @agent_test
 async def test_cwd_env_and_path_from_env(agent):
     import tempfile
+
     with tempfile.TemporaryDirectory() as d:
-        r = await run_exec(agent, 1, ["sh", "-c", 'pwd; echo "$FOO"'], cwd=d,
-                           env=["PATH=/usr/bin:/bin", "FOO=bar"])
+        r = await run_exec(agent, 1, ["sh", "-c", 'pwd; echo "$FOO"'], cwd=d, env=["PATH=/usr/bin:/bin", "FOO=bar"])
         assert r.stdout == f"{os.path.realpath(d)}\n".encode() + b"bar\n"
         # PATH is taken from the exec's env; a script without #! runs under /bin/sh
         script = Path(d, "myscript")
@@ -357,7 +395,7 @@ async def test_tty_size_and_resize(agent):
     agent.send(STDIN, 2, b"abc\n")
     out = b""
     while True:
-        t, i, b = await agent.recv()
+        t, _, b = await agent.recv()
         if t == STDOUT:
             out += b
             agent.send(ACK, 2, struct.pack(">I", len(b)))
@@ -377,12 +415,13 @@ async def test_tty_stdin_eof(agent):
 @agent_test
 async def test_files_roundtrip(agent):
     import tempfile
+
     with tempfile.TemporaryDirectory() as d:
         path = f"{d}/sub/dir/file.bin"
         data = os.urandom(200_000)
         agent.send(FILE_WRITE, 1, struct.pack(">IB", 0o640, 2) + bts(path))
         for off in range(0, len(data), 65536):
-            agent.send(FILE_DATA, 1, data[off:off + 65536])
+            agent.send(FILE_DATA, 1, data[off : off + 65536])
         agent.send(FILE_CLOSE, 1)
         assert (await agent.expect_result(1))[0] == 0
         assert Path(path).read_bytes() == data
@@ -463,7 +502,13 @@ async def test_metrics(agent):
     b = await agent.expect(METRICS_RESULT, 1)
     busy, total, tck, ncpus = b.u64(), b.u64(), b.u32(), b.u32()
     mem_total, mem_avail, disk_used, disk_total, uptime_ms, nprocs = (
-        b.u64(), b.u64(), b.u64(), b.u64(), b.u64(), b.u32())
+        b.u64(),
+        b.u64(),
+        b.u64(),
+        b.u64(),
+        b.u64(),
+        b.u32(),
+    )
     b.done()
     assert 0 < busy <= total
     assert tck == os.sysconf("SC_CLK_TCK") and ncpus == os.cpu_count()
@@ -475,13 +520,13 @@ async def test_metrics(agent):
 @agent_test
 async def test_malformed_frames_are_logged_and_dropped(agent):
     bad = [
-        frame(EXEC, 1, exec_body(["true"])[:-3]),        # truncated body
-        frame(EXEC, 2, exec_body(["true"]) + b"x"),     # trailing bytes
+        frame(EXEC, 1, exec_body(["true"])[:-3]),  # truncated body
+        frame(EXEC, 2, exec_body(["true"]) + b"x"),  # trailing bytes
         frame(EXEC, 3, struct.pack(">BBHHIIII", 0, 0, 0, 0, 0, 0, 0, 0) + struct.pack(">I", 0xFFFFFFF0)),
-        frame(ACK, 4, b"\x00"),                          # wrong size
-        frame(PING, 5, b"x" * 5000),                     # PING larger than 4 KiB
-        frame(0x7F, 6),                                  # unknown type
-        frame(EXEC, 0, exec_body(["true"])),             # request id 0
+        frame(ACK, 4, b"\x00"),  # wrong size
+        frame(PING, 5, b"x" * 5000),  # PING larger than 4 KiB
+        frame(0x7F, 6),  # unknown type
+        frame(EXEC, 0, exec_body(["true"])),  # request id 0
         frame(METRICS, 7, b"junk"),
     ]
     for f in bad:
@@ -491,6 +536,16 @@ async def test_malformed_frames_are_logged_and_dropped(agent):
     # an oversized length: the agent logs and skips that many bytes, then goes on
     agent.send_raw(struct.pack(">I", 8 + MAX_BODY + 1) + b"\0" * (8 + MAX_BODY + 1))
     await agent.ping(101)
+    assert len(agent.logs) == len(bad) + 1
+    # frames for ids that are not (or no longer) running are ignored without a LOG
+    agent.send(STDIN, 777, b"late input")
+    agent.send(STDIN_EOF, 777)
+    agent.send(ACK, 777, struct.pack(">I", 10))
+    agent.send(RESIZE, 777, struct.pack(">HH", 1, 1))
+    agent.send(SIGNAL, 777, struct.pack(">IB", 15, 1))
+    agent.send(FILE_DATA, 777, b"x")
+    agent.send(FILE_CLOSE, 777)
+    await agent.ping(103)
     assert len(agent.logs) == len(bad) + 1
     r = await run_exec(agent, 102, ["echo", "still alive"])
     assert r.stdout == b"still alive\n"
@@ -516,14 +571,14 @@ async def test_window_stalls_until_ack(agent):
     got = 0
     while got < window:
         t, i, b = await agent.recv()
-        assert t == STDOUT
+        assert (t, i) == (STDOUT, 1)
         got += len(b)
     assert got == window
     # without an ACK nothing more may come: the next frame must be our PONG
     await agent.ping(2)
     agent.send(ACK, 1, struct.pack(">I", got))
     while True:
-        t, i, b = await agent.recv()
+        t, _, b = await agent.recv()
         if t == EXIT:
             break
         assert len(b) <= window
@@ -562,3 +617,55 @@ async def test_no_fd_leaks_into_children(agent):
     fds = sorted(int(x) for x in r.stdout.split())
     # 0-2, plus the fd ls uses to read the directory
     assert len(fds) <= 4 and fds[:3] == [0, 1, 2], fds
+
+
+@agent_test
+async def test_uid_gid(agent):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch users")
+    r = await run_exec(agent, 1, ["sh", "-c", "id -u; id -g; id -G"], uid=65534, gid=65534)
+    assert r.stdout.split() == [b"65534", b"65534", b"65534"]
+
+
+@agent_test
+async def test_orphans_are_reaped(agent):
+    # The background child outlives its shell; the agent (PID 1, or a subreaper in this mode)
+    # must reap it, leaving no zombie behind.
+    r = await run_exec(agent, 1, ["sh", "-c", "sleep 0.3 & echo $!"])
+    orphan = int(r.stdout)
+
+    def gone() -> bool:
+        # a zombie still has /proc/<pid>; only a reaped process is gone
+        return not os.path.exists(f"/proc/{orphan}")
+
+    await wait_until(gone, what=f"orphan {orphan} reaped")
+
+
+@agent_test
+async def test_limits(agent):
+    # file transfers: the 65th open one is refused with EMFILE
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        for k in range(64):
+            agent.send(FILE_WRITE, 100 + k, struct.pack(">IB", 0o644, 0) + bts(f"{d}/f{k}"))
+        agent.send(FILE_WRITE, 999, struct.pack(">IB", 0o644, 0) + bts(f"{d}/extra"))
+        assert (await agent.expect_result(999))[0] == errno.EMFILE
+        for k in range(64):
+            agent.send(FILE_CLOSE, 100 + k)
+            assert (await agent.expect_result(100 + k))[0] == 0
+    # execs: the 257th concurrent one is refused with EAGAIN
+    for k in range(256):
+        agent.send(EXEC, 1000 + k, exec_body(["sleep", "3081"]))
+        await agent.expect(STARTED, 1000 + k)
+    agent.send(EXEC, 5000, exec_body(["true"]))
+    assert (await agent.expect_result(5000))[0] == errno.EAGAIN
+    agent.send(EXEC, 1000, exec_body(["true"]))  # id still in flight
+    assert (await agent.expect_result(1000))[0] == errno.EEXIST
+    for k in range(256):
+        agent.send(SIGNAL, 1000 + k, struct.pack(">IB", 9, 1))
+    exited = set()
+    while len(exited) < 256:
+        t, i, _ = await agent.recv()
+        assert t == EXIT
+        exited.add(i)

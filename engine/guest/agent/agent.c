@@ -336,22 +336,21 @@ int main(int argc, char **argv)
 {
 	struct boot_times t;
 	t.init = t.modules = t.root = now_ns(CLOCK_BOOTTIME);
-	if (argc > 1 && !strcmp(argv[1], "--version")) {
-		printf("msb-agent %s (protocol %u)\n", AGENT_VERSION, PROTO_VERSION);
-		return 0;
-	}
-	if (getpid() == 1) {
+	/* --serve-stdio wins even as PID 1 (e.g. a container whose channel is a pipe). As init of
+	 * a VM, arguments are ignored: the kernel passes unknown command-line words to init. */
+	if (argc > 1 && !strcmp(argv[1], "--serve-stdio")) {
+		setup_stdio();
+	} else if (getpid() == 1) {
 		g.pid1 = 1;
 		boot_pid1(&t);
-	} else if (argc > 1 && !strcmp(argv[1], "--serve-stdio")) {
-		setup_stdio();
+	} else if (argc > 1 && !strcmp(argv[1], "--version")) {
+		printf("msb-agent %s (protocol %u)\n", AGENT_VERSION, PROTO_VERSION);
+		return 0;
 	} else {
 		fprintf(stderr, "usage: msb-agent --serve-stdio | --version  (runs as PID 1 in the VM)\n");
 		return 2;
 	}
 	setup_common();
-	if (g.pid1) boot_log("DEBUG before ready");
 	send_ready(&t);
-	if (g.pid1) boot_log("DEBUG after ready");
 	loop();
 }

@@ -59,7 +59,7 @@ enum msg_type {
 
 /* ---- process-wide state (agent.c) ---- */
 struct agent {
-	int pid1;          /* we are init of a VM (vs --serve-stdio) */
+	int pid1;          /* we are init of a VM: boot, power off at the end (vs --serve-stdio) */
 	int chan_in;       /* channel read side (O_NONBLOCK) */
 	int chan_out;      /* channel write side (may be the same fd) */
 	int epfd;
@@ -124,6 +124,9 @@ void wr_send(struct wr *w);
 /* Buffer of HDR_LEN + CHUNK for data frames: callers read() straight to data_buf + HDR_LEN. */
 extern uint8_t data_buf[];
 void send_data_frame(uint8_t type, uint32_t id, size_t n);
+/* Sends n bytes that are waiting in pipe fd as one frame, moving them with splice() (no copy
+ * through user space). Returns -1, having sent nothing, when the channel cannot splice. */
+int send_pipe_frame(uint8_t type, uint32_t id, int fd, size_t n);
 void send_frame(uint8_t type, uint32_t id, const void *body, size_t n);
 void send_result(uint32_t id, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void agent_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -154,7 +154,26 @@ static void exec_free(struct exec *e)
 
 /* ---- output ---- */
 
-/* Reads one stream into STDOUT/STDERR frames. While the process runs: one read per readiness
+/* Sends up to `want` bytes of one output stream as a STDOUT/STDERR frame. Pipes go by
+ * splice (under TCG every copy the guest CPU makes is expensive); a pty, an empty pipe (the
+ * read() then tells EOF from EAGAIN) or a channel without splice use read(). Returns what
+ * read() would: bytes sent, 0 at EOF, -1 with errno. */
+static ssize_t forward(struct exec *e, int s, uint64_t want)
+{
+	uint8_t type = s == 0 ? T_STDOUT : T_STDERR;
+	int fd = e->out_fd[s], avail = 0;
+	if (!e->tty && ioctl(fd, FIONREAD, &avail) == 0 && avail > 0) {
+		size_t n = (uint64_t)avail < want ? (size_t)avail : (size_t)want;
+		if (send_pipe_frame(type, e->id, fd, n) == 0)
+			return (ssize_t)n;
+	}
+	ssize_t n = read(fd, data_buf + HDR_LEN, want);
+	if (n > 0)
+		send_data_frame(type, e->id, (size_t)n);
+	return n;
+}
+
+/* Reads one stream into STDOUT/STDERR frames. While the process runs: one frame per readiness
  * (level-triggered epoll calls again). After reap: until the drain budget is spent. */
 static void pump(struct exec *e, int s)
 {
@@ -166,11 +185,10 @@ static void pump(struct exec *e, int s)
 			want = CHUNK;
 		if (e->drain[s] >= 0 && want > (uint64_t)e->drain[s])
 			want = (uint64_t)e->drain[s];
-		ssize_t n = read(e->out_fd[s], data_buf + HDR_LEN, want);
+		ssize_t n = forward(e, s, want);
 		if (n > 0) {
 			if (e->window)
 				e->unacked += (uint64_t)n;
-			send_data_frame(s == 0 ? T_STDOUT : T_STDERR, e->id, (size_t)n);
 			if (e->drain[s] < 0)
 				return;
 			e->drain[s] -= n;
@@ -248,8 +266,11 @@ static void stdin_flush(struct exec *e)
 		else
 			close_stdin(e);
 	}
-	if (!p->len && p->d && p->cap > CHUNK)
-		pending_clear(p); /* do not keep a large buffer around after a burst */
+	if (!p->len) {
+		p->off = 0;
+		if (p->cap > CHUNK)
+			pending_clear(p); /* do not keep a large buffer around after a burst */
+	}
 }
 
 static void pending_add(struct exec *e, const uint8_t *d, size_t n)
@@ -283,10 +304,24 @@ static void pending_add(struct exec *e, const uint8_t *d, size_t n)
 
 static void on_stdin(struct exec *e, const uint8_t *d, size_t n)
 {
-	if (stdin_fd(e) < 0 || e->eof_req || !n)
+	int fd = stdin_fd(e);
+	if (fd < 0 || e->eof_req)
 		return; /* stdin=0, already closed, or the reader went away: like writing to a closed pipe */
-	pending_add(e, d, n);
-	stdin_flush(e);
+	/* Nothing queued: write straight from the frame and keep only the rest. */
+	while (!e->pend.len && n) {
+		ssize_t k = write(fd, d, n);
+		if (k > 0) {
+			d += k;
+			n -= (size_t)k;
+		} else if (k < 0 && errno == EAGAIN) {
+			break;
+		} else if (!(k < 0 && errno == EINTR)) {
+			close_stdin(e);
+			return;
+		}
+	}
+	if (n)
+		pending_add(e, d, n);
 }
 
 static void on_stdin_eof(struct exec *e)
@@ -303,186 +338,6 @@ static void on_stdin_eof(struct exec *e)
 
 /* ---- EXEC ---- */
 
-struct exec_req {
-	uint8_t tty, want_stdin;
-	uint16_t rows, cols;
-	uint32_t timeout_ms, window, uid, gid;
-	char **argv, **envp, **sh_argv, *cwd;
-	uint32_t argc, envc;
-	void *mem;
-};
-
-/* Reads list<bytes> as C strings. With vec == NULL it only measures (first pass). */
-static uint32_t read_strlist(struct rd *r, char **vec, char **sp, size_t *bytes, int *has_nul)
-{
-	uint32_t n = rd_count(r, 4);
-	for (uint32_t i = 0; i < n && !r->err; i++) {
-		uint32_t len;
-		const uint8_t *p = rd_bytes(r, &len);
-		if (len && memchr(p, 0, len))
-			*has_nul = 1;
-		*bytes += (size_t)len + 1;
-		if (vec && !r->err) {
-			memcpy(*sp, p, len);
-			(*sp)[len] = 0;
-			vec[i] = *sp;
-			*sp += len + 1;
-		}
-	}
-	if (vec)
-		vec[r->err ? 0 : n] = NULL;
-	return n;
-}
-
-static void read_fixed(struct rd *r, struct exec_req *q)
-{
-	q->tty = rd_u8(r);
-	q->want_stdin = rd_u8(r);
-	q->rows = rd_u16(r);
-	q->cols = rd_u16(r);
-	q->timeout_ms = rd_u32(r);
-	q->window = rd_u32(r);
-	q->uid = rd_u32(r);
-	q->gid = rd_u32(r);
-}
-
-/* Parses an EXEC body into one allocation. Returns NULL or the reason the frame is invalid;
- * *einval is set for a well-formed request that cannot be honoured (empty argv, NUL in a string). */
-static const char *parse_exec(struct rd *r0, struct exec_req *q, int *einval)
-{
-	struct rd r = *r0;
-	size_t bytes = 0;
-	int has_nul = 0;
-	read_fixed(&r, q);
-	q->argc = read_strlist(&r, NULL, NULL, &bytes, &has_nul);
-	q->envc = read_strlist(&r, NULL, NULL, &bytes, &has_nul);
-	uint32_t cwdlen;
-	const uint8_t *cwd = rd_bytes(&r, &cwdlen);
-	const char *why = rd_end(&r);
-	if (why)
-		return why;
-	if (cwdlen && memchr(cwd, 0, cwdlen))
-		has_nul = 1;
-	if (q->argc == 0 || has_nul) {
-		*einval = 1;
-		return NULL;
-	}
-	size_t nptr = (q->argc + 1) + (q->envc + 1) + (q->argc + 2);
-	q->mem = malloc(nptr * sizeof(char *) + bytes + cwdlen + 2);
-	if (!q->mem) {
-		*einval = ENOMEM;
-		return NULL;
-	}
-	q->argv = q->mem;
-	q->envp = q->argv + q->argc + 1;
-	q->sh_argv = q->envp + q->envc + 1;
-	char *sp = (char *)(q->sh_argv + q->argc + 2);
-	/* Second pass copies; the first one proved every read is in bounds. */
-	r = *r0;
-	read_fixed(&r, q);
-	read_strlist(&r, q->argv, &sp, &bytes, &has_nul);
-	read_strlist(&r, q->envp, &sp, &bytes, &has_nul);
-	q->cwd = sp;
-	if (cwdlen)
-		memcpy(sp, cwd, cwdlen);
-	sp[cwdlen] = 0;
-	if (!cwdlen)
-		strcpy(sp, "/");
-	q->sh_argv[0] = "/bin/sh";
-	q->sh_argv[1] = q->argv[0];
-	for (uint32_t i = 1; i <= q->argc; i++)
-		q->sh_argv[i + 1] = q->argv[i];
-	return NULL;
-}
-
-static const char *env_path(char **envp)
-{
-	for (; *envp; envp++)
-		if (!strncmp(*envp, "PATH=", 5))
-			return *envp + 5;
-	return NULL;
-}
-
-static int pipe_cloexec(int p[2])
-{
-	return pipe2(p, O_CLOEXEC);
-}
-
-/* Opens a pty pair: master (ours, non-blocking) and slave (the child's). */
-static int open_pty(int *master, int *slave, uint16_t rows, uint16_t cols)
-{
-	int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-	if (m < 0)
-		return -1;
-	if (grantpt(m) < 0 || unlockpt(m) < 0)
-		goto fail;
-	int s = ioctl(m, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
-	if (s < 0) {
-		char name[64];
-		if (ptsname_r(m, name, sizeof name) != 0)
-			goto fail;
-		s = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
-		if (s < 0)
-			goto fail;
-	}
-	struct winsize ws = {.ws_row = rows, .ws_col = cols};
-	ioctl(m, TIOCSWINSZ, &ws);
-	set_nonblock(m);
-	*master = m;
-	*slave = s;
-	return 0;
-fail:;
-	int err = errno;
-	close(m);
-	errno = err;
-	return -1;
-}
-
-static void close_fds(int *fds, int n)
-{
-	for (int i = 0; i < n; i++)
-		if (fds[i] >= 0) {
-			close(fds[i]);
-			fds[i] = -1;
-		}
-}
-
-/* Creates the child's stdio. parent[]: stdin write, stdout read, stderr read (tty: master in
- * [1]); child[]: stdin, stdout, stderr (tty: slave in all three, owned by child[1]). */
-static int make_stdio(const struct exec_req *q, int parent[3], int child[3])
-{
-	for (int i = 0; i < 3; i++)
-		parent[i] = child[i] = -1;
-	if (q->tty) {
-		/* The tty is the process's stdin too: a terminal program expects it (stty, shells). */
-		if (open_pty(&parent[1], &child[1], q->rows, q->cols) < 0)
-			return -1;
-		return 0;
-	}
-	int p[2];
-	if (q->want_stdin) {
-		if (pipe_cloexec(p) < 0)
-			goto fail;
-		child[0] = p[0];
-		parent[0] = p[1];
-		set_nonblock(parent[0]);
-	}
-	for (int i = 1; i <= 2; i++) {
-		if (pipe_cloexec(p) < 0)
-			goto fail;
-		parent[i] = p[0];
-		child[i] = p[1];
-		set_nonblock(parent[i]);
-	}
-	return 0;
-fail:;
-	int err = errno;
-	close_fds(parent, 3);
-	close_fds(child, 3);
-	errno = err;
-	return -1;
-}
-
 static struct exec *free_slot(void)
 {
 	for (int i = 0; i < MAX_EXECS; i++)
@@ -491,10 +346,8 @@ static struct exec *free_slot(void)
 	return NULL;
 }
 
-uint64_t dbg_t0;
 static void exec_start(uint32_t id, struct rd *r)
 {
-	uint64_t T0 = now_ns(1); dbg_t0 = T0;
 	struct exec_req q;
 	memset(&q, 0, sizeof q);
 	int einval = 0;
@@ -535,9 +388,7 @@ static void exec_start(uint32_t id, struct rd *r)
 		.path = env_path(q.envp),
 		.sh_argv = q.sh_argv,
 	};
-	uint64_t T1 = now_ns(1);
 	pid_t pid = spawn_child(&sp);
-	uint64_t T2 = now_ns(1);
 	close_fds(child, 3);
 	if (pid < 0) {
 		close_fds(parent, 3);
@@ -561,8 +412,6 @@ static void exec_start(uint32_t id, struct rd *r)
 	wr_u32(&w, (uint32_t)pid);
 	wr_send(&w);
 	update_interest(e);
-	uint64_t T3 = now_ns(1);
-	agent_log("DBG start: prep %lu spawn %lu started %lu us", (T1-T0)/1000, (T2-T1)/1000, (T3-T2)/1000);
 out:
 	free(q.mem);
 }
@@ -571,7 +420,6 @@ out:
 
 static void on_reaped(struct exec *e, int status)
 {
-	agent_log("DBG reaped at %lu us after exec", (now_ns(1)-dbg_t0)/1000);
 	e->reaped = 1;
 	e->status = status;
 	e->deadline = 0;

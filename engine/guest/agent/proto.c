@@ -3,9 +3,11 @@
 #include "agent.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 /* ---- reader ---- */
@@ -198,9 +200,17 @@ static void channel_lost(int err)
 	_exit(1);
 }
 
+/* Waits until the channel may take more. A virtio port whose host side is not connected
+ * reports POLLHUP without POLLOUT: back off instead of spinning until the host connects. */
+static void wait_writable(void)
+{
+	struct pollfd pfd = {.fd = g.chan_out, .events = POLLOUT};
+	if (poll(&pfd, 1, 1000) == 1 && !(pfd.revents & POLLOUT))
+		sleep_ms(10);
+}
+
 /* Blocking full write. The fd may be O_NONBLOCK (it is shared with the reader), so EAGAIN
- * waits in poll. A virtio port whose host side is not connected reports POLLHUP without
- * POLLOUT; back off a little instead of spinning until the host connects. */
+ * waits in poll. */
 static void chan_write_all(const uint8_t *p, size_t n)
 {
 	while (n) {
@@ -212,13 +222,12 @@ static void chan_write_all(const uint8_t *p, size_t n)
 		}
 		if (k < 0 && errno == EINTR)
 			continue;
-		if (k < 0 && errno == EAGAIN) {
-			struct pollfd pfd = {.fd = g.chan_out, .events = POLLOUT};
-			if (poll(&pfd, 1, 1000) == 1 && !(pfd.revents & POLLOUT))
-				sleep_ms(10);
+		/* 0 is what a virtio port returns if it could not queue the buffer: retry. */
+		if (k == 0 || errno == EAGAIN) {
+			wait_writable();
 			continue;
 		}
-		channel_lost(k < 0 ? errno : EIO);
+		channel_lost(errno);
 	}
 }
 
@@ -237,6 +246,115 @@ void send_data_frame(uint8_t type, uint32_t id, size_t n)
 {
 	put_header(data_buf, type, id, n);
 	chan_write_all(data_buf, HDR_LEN + n);
+}
+
+/* ---- zero-copy output ----
+ *
+ * Output pipes are forwarded with splice(): under TCG every byte the guest CPU copies is
+ * expensive. The data never goes to the channel straight from the child's pipe, because the
+ * virtio console's splice_write is only safe when it empties the pipe it reads: it sizes its
+ * scatterlist by the pipe's buffer count and queues it whole, so a partial splice (a child
+ * still writing, or less credit than data) leaves unset entries that crash the guest kernel
+ * (seen on 6.1). So a frame is assembled in a private relay pipe (header, then the payload
+ * spliced pipe-to-pipe) and the relay is always spliced out completely: one virtio buffer
+ * per frame, no copy through user space. */
+
+static int relay[2] = {-1, -1};
+static int splice_broken; /* the channel cannot splice: read/write from now on */
+
+static int relay_open(void)
+{
+	if (relay[0] >= 0)
+		return 0;
+	if (pipe2(relay, O_CLOEXEC | O_NONBLOCK) < 0) {
+		splice_broken = 1;
+		return -1;
+	}
+	/* Room for a header plus 64 KiB even when the payload arrives in partial pages. If this
+	 * fails the default 64 KiB still works: what does not fit is copied. */
+	fcntl(relay[1], F_SETPIPE_SZ, 256 * 1024);
+	return 0;
+}
+
+/* Moves n bytes from pipe fd to the channel through data_buf. */
+static void copy_from_pipe(int fd, size_t n)
+{
+	while (n) {
+		size_t want = n < CHUNK ? n : CHUNK;
+		ssize_t k = read(fd, data_buf + HDR_LEN, want);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0) {
+			/* Cannot happen (the bytes are known to be there and the pipe is only ours);
+			 * zeros at least keep the framing intact. */
+			agent_log("internal: %zu bytes missing from a pipe; sent zeros", n);
+			memset(data_buf + HDR_LEN, 0, want);
+			k = (ssize_t)want;
+		}
+		chan_write_all(data_buf + HDR_LEN, (size_t)k);
+		n -= (size_t)k;
+	}
+}
+
+/* Sends the whole relay content (len bytes) to the channel. */
+static void relay_flush(size_t len)
+{
+	while (len) {
+		ssize_t k = splice(relay[0], NULL, g.chan_out, NULL, len, SPLICE_F_MOVE);
+		if (k > 0) {
+			len -= (size_t)k;
+			continue;
+		}
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0 && errno == EAGAIN) {
+			wait_writable();
+			continue;
+		}
+		if (k < 0 && errno != EINVAL && errno != ENOSYS)
+			channel_lost(errno);
+		splice_broken = 1;
+		if (k == 0) {
+			/* A virtio port that could not queue the buffer has consumed it anyway. */
+			int left = 0;
+			if (ioctl(relay[0], FIONREAD, &left) < 0 || left < 0)
+				left = 0;
+			if ((size_t)left < len) {
+				agent_log("kernel dropped %zu bytes of output; sent zeros", len - (size_t)left);
+				memset(data_buf + HDR_LEN, 0, CHUNK);
+				for (size_t lost = len - (size_t)left; lost;) {
+					size_t z = lost < CHUNK ? lost : CHUNK;
+					chan_write_all(data_buf + HDR_LEN, z);
+					lost -= z;
+				}
+				len = (size_t)left;
+			}
+		}
+		copy_from_pipe(relay[0], len);
+		return;
+	}
+}
+
+int send_pipe_frame(uint8_t type, uint32_t id, int fd, size_t n)
+{
+	if (splice_broken || relay_open() < 0)
+		return -1;
+	uint8_t hdr[HDR_LEN];
+	put_header(hdr, type, id, n);
+	/* The relay is empty and a write of less than PIPE_BUF is atomic: all or nothing. */
+	if (write(relay[1], hdr, HDR_LEN) != (ssize_t)HDR_LEN)
+		return -1;
+	size_t moved = 0;
+	while (moved < n) {
+		ssize_t k = splice(fd, NULL, relay[1], NULL, n - moved, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+		if (k > 0)
+			moved += (size_t)k;
+		else if (!(k < 0 && errno == EINTR))
+			break; /* relay full or no pipe-to-pipe splice: the rest is copied below */
+	}
+	relay_flush(HDR_LEN + moved);
+	copy_from_pipe(fd, n - moved);
+	return 0;
 }
 
 void send_frame(uint8_t type, uint32_t id, const void *body, size_t n)

@@ -5,6 +5,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "agent.h"
+
 #define KEEP_ID 0xFFFFFFFFu
 
 struct spawn {
@@ -20,6 +22,26 @@ struct spawn {
 	int err;
 	const char *err_step;
 };
+
+struct exec_req {
+	uint8_t tty, want_stdin;
+	uint16_t rows, cols;
+	uint32_t timeout_ms, window, uid, gid;
+	char **argv, **envp, **sh_argv, *cwd;
+	uint32_t argc, envc;
+	void *mem;
+};
+
+/* Parses an EXEC body into q (one allocation, q->mem, freed by the caller). Returns NULL or
+ * why the frame is invalid; *einval is set (EINVAL or ENOMEM) for a well-formed request that
+ * cannot be run. */
+const char *parse_exec(struct rd *r, struct exec_req *q, int *einval);
+/* PATH=... of envp, or NULL. */
+const char *env_path(char **envp);
+/* Creates the child's stdio. parent[]: stdin write, stdout read, stderr read (tty: master in
+ * [1]); child[]: stdin, stdout, stderr (tty: the slave, in child[1] only). -1 = none. */
+int make_stdio(const struct exec_req *q, int parent[3], int child[3]);
+void close_fds(int *fds, int n);
 
 /* Returns the pid, or -1 with s->err / s->err_step set (the failed child is already reaped). */
 pid_t spawn_child(struct spawn *s);
