@@ -22,6 +22,7 @@ from engine.vm.accel import TCG_WARNING
 EXIT_MSB_FAILED = 125
 EXIT_CANNOT_RUN = 126
 EXIT_NOT_FOUND = 127
+EXIT_INTERRUPTED = 130
 
 
 def _fail(exc: MsbError) -> int:
@@ -69,7 +70,10 @@ def exe(rootfs: Path, command: tuple[str, ...], cpus: int, memory: int, envs: tu
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not K=V", param_hint="--env")
         env[key] = value
-    code = asyncio.run(_exe(rootfs, argv, cpus, memory, env, workdir, timeout, tty, quiet))
+    try:
+        code = asyncio.run(_exe(rootfs, argv, cpus, memory, env, workdir, timeout, tty, quiet))
+    except KeyboardInterrupt:  # the sandbox was killed and cleaned up on the way out
+        code = EXIT_INTERRUPTED
     sys.exit(code)
 
 

@@ -98,9 +98,9 @@ class Engine:
             kernel = self._kernel
         else:
             kernel = await asyncio.to_thread(resolve_kernel, self.cache_dir)
-        if self.backend.name == "qemu" and read_bzimage_version(kernel.path) is None:
+        if not _bootable_kernel(kernel.path):
             raise KernelError(
-                f"the guest kernel {kernel.path} is missing or not a bzImage (corrupt download or build?)",
+                f"the guest kernel {kernel.path} is missing or not a bzImage/ELF kernel (corrupt download or build?)",
                 hint="rebuild it with `make kernel`, re-fetch Debian's with `make setup`, or fix MSB_KERNEL",
             )
         initrd = await asyncio.to_thread(ensure_initramfs, paths.agent_path(), kernel.modules, self.cache_dir)
@@ -113,8 +113,8 @@ class Engine:
         verdict = await choose_accel(
             qemu=qemu, kernel=kernel.path, cache_file=self.cache_dir / "accel.json", probe=probe, forced=self._accel
         )
-        if verdict.warning:
-            log.warning("%s", verdict.warning)
+        if verdict.warning:  # front ends show it to users; here it is for the logs
+            log.info("%s", verdict.warning)
         return Assets(kernel=kernel, initrd=initrd, accel=verdict, machine=self.machine)
 
     def _placeholder_assets(self) -> Assets:
@@ -209,6 +209,17 @@ class Engine:
             await vm.kill()
             await client.close()
             raise
+
+
+def _bootable_kernel(path: Path) -> bool:
+    """Cheap sanity check before QEMU sees the file: a bzImage header or an ELF vmlinux."""
+    if read_bzimage_version(path) is not None:
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
 
 
 def _boot_error(

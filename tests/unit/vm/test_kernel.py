@@ -89,7 +89,7 @@ def test_env_kernel_must_be_a_bzimage(monkeypatch: pytest.MonkeyPatch, tmp_path:
         resolve_kernel(tmp_path)
     (tmp_path / "vmlinux").write_bytes(ELF)
     monkeypatch.setenv("MSB_KERNEL", str(tmp_path / "vmlinux"))
-    with pytest.raises(KernelNotFoundError, match="not a bzImage"):
+    with pytest.raises(KernelNotFoundError, match="neither a bzImage"):
         resolve_kernel(tmp_path)
 
 

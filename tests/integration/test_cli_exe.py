@@ -1,0 +1,71 @@
+"""`msb exe ROOTFS -- CMD` end to end, as a user runs it."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MSB = [sys.executable, "-m", "engine.cli.main"]
+
+
+def _run_dirs() -> set[str]:
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return set(glob.glob(os.path.join(base, "msb-exe-*")))
+
+
+def _qemu_children() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "qemu-system-x86_64.*msb.hostname=exe-"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_exit_code_streams_and_stdin_pass_through(busybox_rootfs: Path) -> None:
+    before = _run_dirs()
+    proc = subprocess.run(
+        [*MSB, "exe", "-q", str(busybox_rootfs), "--", "sh", "-c", "cat; echo to-err >&2; exit 3"],
+        input=b"piped-in\n", capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == b"piped-in\n"
+    assert proc.stderr == b"to-err\n"
+    assert _run_dirs() == before  # nothing left behind
+
+
+def test_not_found_exits_127_with_a_message(busybox_rootfs: Path) -> None:
+    proc = subprocess.run([*MSB, "exe", "-q", str(busybox_rootfs), "--", "nope"], capture_output=True, timeout=120)
+    assert proc.returncode == 127
+    assert b"command not found in the sandbox: nope" in proc.stderr
+
+
+def test_missing_rootfs_exits_125_with_a_hint(tmp_path: Path) -> None:
+    proc = subprocess.run([*MSB, "exe", "-q", str(tmp_path / "none"), "--", "true"], capture_output=True, timeout=60)
+    assert proc.returncode == 125
+    assert b"is not a directory" in proc.stderr
+
+
+def test_tcg_note_is_printed_unless_quiet(busybox_rootfs: Path) -> None:
+    proc = subprocess.run([*MSB, "exe", str(busybox_rootfs), "--", "true"], capture_output=True, timeout=120,
+                          env={**os.environ, "MSB_ACCEL": "tcg"})
+    assert proc.returncode == 0
+    assert b"not treat TCG as a security boundary" in proc.stderr
+
+
+def test_ctrl_c_leaves_no_vm_and_no_files(busybox_rootfs: Path) -> None:
+    before = _run_dirs()
+    proc = subprocess.Popen([*MSB, "exe", "-q", str(busybox_rootfs), "--", "sh", "-c", "echo started; sleep 300"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"started\n"  # the VM runs the command now
+    assert _qemu_children(), "expected a running VM"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    deadline = time.monotonic() + 10
+    while _qemu_children() and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the process table; bounded by the deadline
+    assert not _qemu_children()
+    assert _run_dirs() == before
