@@ -31,7 +31,7 @@ for arg in "$@"; do
     case "$arg" in
         --force) FORCE=1 ;;
         --clean) CLEAN=1 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "build-kernel.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -49,6 +49,11 @@ log() { printf 'build-kernel: %s\n' "$*" >&2; }
 die() { printf 'build-kernel: error: %s\n' "$*" >&2; exit 1; }
 
 [[ -f "$FRAGMENT" ]] || die "missing $FRAGMENT"
+
+# one build at a time per cache (two makes in one tree would corrupt it)
+mkdir -p "$CACHE/kernel"
+exec 9>"$CACHE/kernel/.build.lock"
+flock 9
 
 # --- build dependencies --------------------------------------------------------
 need_pkgs=()
@@ -68,7 +73,7 @@ if ((${#need_pkgs[@]})); then
         "${need_pkgs[@]}" >&2 || die "apt-get install ${need_pkgs[*]} failed"
 fi
 
-TARBALL="$(ls -1 /usr/src/linux-source-*.tar.xz | sort -V | tail -n1)"
+TARBALL="$(compgen -G '/usr/src/linux-source-*.tar.xz' | sort -V | tail -n1 || true)"
 [[ -f "$TARBALL" ]] || die "no /usr/src/linux-source-*.tar.xz (apt-get install linux-source)"
 SRCNAME="$(basename "$TARBALL" .tar.xz)"          # linux-source-6.1
 
@@ -162,6 +167,6 @@ if [[ -e "$OUT" ]]; then
 else
     mv "$TMP" "$OUT"
 fi
-[[ $CLEAN -eq 1 ]] && rm -rf "$BUILD"
+if [[ $CLEAN -eq 1 ]]; then rm -rf "$BUILD"; fi
 log "installed $OUT/bzImage ($(stat -c %s "$OUT/bzImage") bytes) and vmlinux ($(stat -c %s "$OUT/vmlinux") bytes)"
 echo "$OUT/bzImage"

@@ -134,6 +134,7 @@ class Engine:
             spec = VmSpec(
                 name="kvm-probe", kernel=kernel.path, initrd=initrd, root_image=root, accel="kvm",
                 run_dir=run_dir, memory_mib=256, machine=self.machine,  # type: ignore[arg-type]
+                kernel_args=tuple(kernel.boot_args("kvm")),
             )  # fmt: skip
             vm, _client, _ready, _ = await self._boot(spec, deadline)
             await vm.kill()
@@ -158,6 +159,7 @@ class Engine:
             name=spec.name, kernel=assets.kernel.path, initrd=assets.initrd, root_image=root,
             upper_image=upper, cpus=spec.cpus, memory_mib=spec.memory_mib, accel=assets.accel.accel,
             run_dir=run_dir, machine=assets.machine,  # type: ignore[arg-type]
+            kernel_args=tuple(assets.kernel.boot_args(assets.accel.accel)),
         )  # fmt: skip
         try:
             vm, client, ready, _ = await self._boot(vm_spec, spec.boot_timeout_s)

@@ -36,6 +36,8 @@ class VmSpec(BaseModel):
     accel: Accel = "tcg"
     run_dir: Path
     """Private directory for sockets and logs of this VM (created by the caller, mode 0700)."""
+    kernel_args: tuple[str, ...] = ()
+    """Kernel-specific boot parameters (:meth:`engine.vm.kernel.Kernel.boot_args`)."""
     extra_cmdline: str = ""
     machine: Literal["microvm", "q35"] = "microvm"
 

@@ -222,3 +222,69 @@ def test_fetch_debian_kernel_unpacks_atomically_and_is_idempotent(
     assert fetch_debian_kernel(cache) == k and calls["download"] == 1
     assert load_cached_debian_kernel(cache) == k
     assert resolve_kernel(cache) == k  # no minimal kernel: the cached Debian one
+
+
+# --- PVH (uncompressed ELF) kernels ---------------------------------------------------------
+
+
+def fake_pvh_elf(path: Path, pvh: bool = True) -> Path:
+    """A 64-bit ELF with one PT_NOTE segment holding a Xen PHYS32_ENTRY note (or another note)."""
+    note_type = 18 if pvh else 1
+    note = (4).to_bytes(4, "little") + (4).to_bytes(4, "little") + note_type.to_bytes(4, "little")
+    note += b"Xen\0" + (0x1000000).to_bytes(4, "little")
+    ehdr = bytearray(64)
+    ehdr[:6] = b"\x7fELF\x02\x01"
+    ehdr[32:40] = (64).to_bytes(8, "little")  # e_phoff
+    ehdr[54:56] = (56).to_bytes(2, "little")  # e_phentsize
+    ehdr[56:58] = (1).to_bytes(2, "little")  # e_phnum
+    phdr = bytearray(56)
+    phdr[0:4] = (4).to_bytes(4, "little")  # PT_NOTE
+    phdr[8:16] = (120).to_bytes(8, "little")  # p_offset
+    phdr[32:40] = len(note).to_bytes(8, "little")  # p_filesz
+    banner = b"Linux version 6.1.77-pvh (x@y) #1 SMP " + b"." * 100
+    path.write_bytes(bytes(ehdr) + bytes(phdr) + note + banner)
+    return path
+
+
+def test_pvh_detection(tmp_path: Path) -> None:
+    assert kmod.is_pvh_elf(fake_pvh_elf(tmp_path / "vmlinux"))
+    assert not kmod.is_pvh_elf(fake_pvh_elf(tmp_path / "other", pvh=False))
+    assert not kmod.is_pvh_elf(fake_bzimage(tmp_path / "bz"))
+
+
+def test_custom_pvh_kernel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MSB_KERNEL", str(fake_pvh_elf(tmp_path / "vmlinux")))
+    k = resolve_kernel(tmp_path)
+    assert (k.kind, k.boot, k.version) == ("custom", "pvh", "6.1.77-pvh")
+
+
+def test_extract_pvh_vmlinux_from_gzip_bzimage(tmp_path: Path) -> None:
+    import gzip
+
+    elf = fake_pvh_elf(tmp_path / "inner").read_bytes()
+    payload = gzip.compress(elf)
+    setup_sects = 1
+    image = bytearray((setup_sects + 1) * 512)
+    image[0x1F1] = setup_sects
+    image[0x202:0x206] = b"HdrS"
+    image[0x206:0x208] = (0x20F).to_bytes(2, "little")
+    image[0x248:0x24C] = (16).to_bytes(4, "little")  # payload_offset (from the protected-mode part)
+    image[0x24C:0x250] = len(payload).to_bytes(4, "little")
+    image += b"\0" * 16 + payload + b"trailing signature"
+    (tmp_path / "vmlinuz").write_bytes(bytes(image))
+    assert kmod.extract_pvh_vmlinux(tmp_path / "vmlinuz", tmp_path / "vmlinux")
+    assert (tmp_path / "vmlinux").read_bytes() == elf
+    # a payload that is not a PVH kernel is refused and leaves nothing behind
+    assert not kmod.extract_pvh_vmlinux(fake_bzimage(tmp_path / "plain"), tmp_path / "none")
+    assert not (tmp_path / "none").exists()
+
+
+def test_minimal_prefers_pvh_vmlinux_and_patch_flags(tmp_path: Path) -> None:
+    make_minimal(tmp_path)
+    d = tmp_path / "kernel" / "minimal"
+    fake_pvh_elf(d / "vmlinux")
+    (d / "patches").write_text("0001-lapic-timer-khz.patch\n")
+    k = resolve_kernel(tmp_path)
+    assert (k.path, k.boot) == (d / "vmlinux", "pvh")
+    assert k.boot_args("tcg") == ["noreplace-smp", "tsc=reliable", "lapic_timer_khz=1000000"]
+    assert k.boot_args("kvm") == ["noreplace-smp"]
