@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,10 +20,10 @@ from typing import Any
 from engine import paths
 from engine.sandbox.engine import Engine
 from engine.sandbox.spec import SandboxSpec
+from engine.vm.backend import VmSpec
 from engine.vm.initramfs import build_cpio
 from engine.vm.kernel import Kernel
 from engine.vm.qemu import find_qemu, kernel_cmdline
-from engine.vm.backend import VmSpec
 
 HERE = Path(__file__).resolve().parent
 BUSYBOX = paths.cache_dir() / "rootfs-dirs" / "busybox"

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import ClassVar
 
 from textual import work
 from textual.app import App, ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Header, Static
 
 THEMES = Path(__file__).resolve().parent.parent / "themes"
@@ -24,7 +25,7 @@ class MsbApp(App[None]):
     TITLE = "msb"
     SUB_TITLE = "microVM sandboxes"
     CSS_PATH = str(THEMES / "base.tcss") if (THEMES / "base.tcss").exists() else None
-    BINDINGS = [Binding("q", "quit", "Quit", show=True)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("q", "quit", "Quit", show=True)]
 
     def compose(self) -> ComposeResult:
         yield Header()

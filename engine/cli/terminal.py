@@ -87,10 +87,13 @@ async def attach(proc: Process, *, interactive: bool, forward_stdin: bool) -> in
     pump = None
     if forward_stdin:
         pump = asyncio.create_task(_pump_stdin(proc, stdin_fd, eof_closes=not interactive))
+    pending: set[asyncio.Future[None]] = set()  # keep resize tasks referenced until done
     if interactive:
+
         def on_winch() -> None:
             rows, cols = terminal_size()
-            asyncio.ensure_future(proc.resize(rows, cols))
+            pending.add(task := asyncio.ensure_future(proc.resize(rows, cols)))
+            task.add_done_callback(pending.discard)
 
         loop.add_signal_handler(signal.SIGWINCH, on_winch)
     out, err = sys.stdout.buffer, sys.stderr.buffer

@@ -10,7 +10,6 @@ Typical use::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil

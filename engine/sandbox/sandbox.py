@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
@@ -217,7 +217,7 @@ class Sandbox:
                 await self.client.shutdown()
             try:
                 await asyncio.wait_for(asyncio.shield(self._watcher), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("sandbox %s did not power off in %.0f s; killing it", self.name, timeout)
         await self._finish()
 

@@ -124,7 +124,9 @@ async def _probe(probe: Callable[[float], Awaitable[None]]) -> AccelVerdict:
     except (MsbError, TimeoutError, OSError) as exc:
         ms = (time.perf_counter() - t0) * 1000
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return AccelVerdict(accel="tcg", reason=f"KVM probe boot failed ({first}); using TCG", probe_ms=ms, source="probe")
+        return AccelVerdict(
+            accel="tcg", reason=f"KVM probe boot failed ({first}); using TCG", probe_ms=ms, source="probe"
+        )
     ms = (time.perf_counter() - t0) * 1000
     return AccelVerdict(accel="kvm", reason=f"KVM probe boot answered in {ms:.0f} ms", probe_ms=ms, source="probe")
 

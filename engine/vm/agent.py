@@ -135,9 +135,7 @@ class AgentClient:
         """
         ready = await self._ready
         if ready.version != p.PROTOCOL_VERSION:
-            raise ProtocolError(
-                f"guest agent speaks protocol {ready.version}, host speaks {p.PROTOCOL_VERSION}"
-            )
+            raise ProtocolError(f"guest agent speaks protocol {ready.version}, host speaks {p.PROTOCOL_VERSION}")
         return ready
 
     def _new_route(self, limit: int = 0) -> tuple[int, _Route]:
@@ -195,8 +193,7 @@ class AgentClient:
             route.unacked += len(frame.data)
             if route.unacked > route.limit:
                 raise ProtocolError(
-                    f"guest sent {route.unacked} bytes for request {frame.id}, "
-                    f"over its limit of {route.limit}"
+                    f"guest sent {route.unacked} bytes for request {frame.id}, over its limit of {route.limit}"
                 )
         route.queue.put_nowait(frame)
 
@@ -384,7 +381,9 @@ class AgentClient:
         """
         fid, route = self._new_route()
         try:
-            msgs = [p.frame(p.T.FILE_WRITE, fid, p.encode_file_write(path.encode(), mode, append=append, mkdirs=mkdirs))]
+            msgs = [
+                p.frame(p.T.FILE_WRITE, fid, p.encode_file_write(path.encode(), mode, append=append, mkdirs=mkdirs))
+            ]
             view = memoryview(data)
             msgs += [p.frame(p.T.FILE_DATA, fid, bytes(view[i : i + p.CHUNK])) for i in range(0, len(data), p.CHUNK)]
             msgs.append(p.frame(p.T.FILE_CLOSE, fid))

@@ -49,7 +49,9 @@ def tree_fingerprint(root: Path) -> tuple[str, int, int]:
             count += 1
             rel = os.path.relpath(e.path, root)
             extra = os.readlink(e.path) if stat.S_ISLNK(st.st_mode) else ""
-            h.update(f"{rel}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0{extra}\n".encode())
+            h.update(
+                f"{rel}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0{extra}\n".encode()
+            )
             need += -(-st.st_size // BLOCK) * BLOCK + BLOCK
             if stat.S_ISDIR(st.st_mode):
                 stack.append(Path(e.path))
@@ -103,7 +105,21 @@ def create_upper_image(path: Path, size_mib: int) -> None:
     with open(tmp, "wb") as f:
         f.truncate(size_mib << 20)
     try:
-        _run_mkfs(["-q", "-F", "-t", "ext4", "-m", "0", "-L", "msb-upper", "-E", "lazy_itable_init=1,lazy_journal_init=1", str(tmp)])
+        _run_mkfs(
+            [
+                "-q",
+                "-F",
+                "-t",
+                "ext4",
+                "-m",
+                "0",
+                "-L",
+                "msb-upper",
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1",
+                str(tmp),
+            ]
+        )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -18,7 +18,9 @@ from engine.errors import AgentError
 _DIRS = ["dev", "proc", "sys", "lower", "rw", "newroot", "lib", "lib/msb-modules"]
 
 
-def _entry(out: io.BytesIO, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0), ino: int = 0) -> None:
+def _entry(
+    out: io.BytesIO, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0), ino: int = 0
+) -> None:
     fields = [
         ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0,
     ]  # fmt: skip

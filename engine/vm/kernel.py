@@ -36,11 +36,11 @@ import gzip
 import hashlib
 import lzma
 import os
-import sys
 import pwd
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -272,19 +272,7 @@ class Log(_Frame):
 
 
 GuestFrame = Annotated[
-    Union[
-        Ready,
-        Started,
-        Output,
-        Exit,
-        FileData,
-        Result,
-        StatResult,
-        ListResult,
-        MetricsResult,
-        Pong,
-        Log,
-    ],
+    Ready | Started | Output | Exit | FileData | Result | StatResult | ListResult | MetricsResult | Pong | Log,
     Field(discriminator="kind"),
 ]
 
@@ -384,7 +372,7 @@ def decode_guest_frame(kind: int, fid: int, body: bytes) -> GuestFrame:
         r.done()
         return out
     except ValidationError as exc:
-        raise ProtocolError(f"invalid frame 0x{kind:02x} from guest: {exc.errors()[0]['msg']}")
+        raise ProtocolError(f"invalid frame 0x{kind:02x} from guest: {exc.errors()[0]['msg']}") from None
 
 
 def parse_header(header: bytes) -> tuple[int, int, int]:

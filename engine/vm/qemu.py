@@ -163,7 +163,7 @@ class _Console:
         self.ring_size = 0
         self.path = path
         self.written = 0
-        self.file = open(path, "ab", buffering=0)
+        self.file = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the VM
 
     def feed(self, data: bytes) -> None:
         self.ring.append(data)
@@ -297,7 +297,7 @@ class QemuBackend:
             vm._tasks.append(asyncio.create_task(_pump_console(conns["console"][0], console)))
             vm._qmp = conns["qmp"]
             await _qmp_handshake(*conns["qmp"])
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
             await vm.kill()
             raise VmError(
                 f"QEMU failed while starting the VM ({exc}): {_qemu_said(console)}",
@@ -325,7 +325,7 @@ class QemuBackend:
         done, _ = await asyncio.wait(both, timeout=CONNECT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
         if waiter in done:
             exited.cancel()
-            return dict(zip(accepted.keys(), waiter.result()))
+            return dict(zip(accepted.keys(), waiter.result(), strict=True))
         waiter.cancel()
         exited.cancel()
         if proc.returncode is None:

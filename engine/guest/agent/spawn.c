@@ -76,7 +76,12 @@ static void exec_search(struct spawn *s)
 			}
 			buf[dlen] = '/';
 			memcpy(buf + dlen + 1, file, flen + 1);
-			try_exec(s, buf);
+			/* A failed execve is expensive (the kernel builds a new mm before it looks the
+			 * file up: ~170 us each under TCG), so skip entries that plainly do not exist. */
+			if (access(buf, F_OK) < 0)
+				errno = ENOENT;
+			else
+				try_exec(s, buf);
 			switch (errno) {
 			case EACCES:
 				eacces = 1;
