@@ -65,8 +65,9 @@ async def warm_numbers(engine: Engine, rtt_runs: int) -> dict[str, Any]:
         size = 100 << 20
         t0 = time.perf_counter()
         got = 0
-        async for chunk in sb.exec_stream(["head", "-c", str(size), "/dev/zero"]):
-            got += len(chunk.data)
+        async for chunk in sb.exec_stream(["dd", "if=/dev/zero", "bs=1M", f"count={size >> 20}"]):
+            if chunk.stream == "stdout":  # dd reports its counts on stderr
+                got += len(chunk.data)
         secs = time.perf_counter() - t0
         assert got == size, got
         rtt_pings = []
@@ -106,7 +107,8 @@ async def raw_boot(kernel: Kernel, initrd: Path, accel: str, runs: int) -> list[
     times = []
     for _ in range(runs):
         spec = VmSpec(name="floor", kernel=kernel.path, initrd=initrd, root_image=initrd,
-                      accel=accel, run_dir=Path("/tmp"), memory_mib=512)  # type: ignore[arg-type]
+                      accel=accel, run_dir=Path("/tmp"), memory_mib=512,  # type: ignore[arg-type]
+                      kernel_args=tuple(kernel.boot_args(accel)))  # type: ignore[arg-type]
         cmdline = kernel_cmdline(spec)
         machine = "microvm,acpi=on,pit=off,pic=off,rtc=on"
         accel_args = ["-accel", "tcg", "-cpu", "max"] if accel == "tcg" else ["-accel", "kvm", "-cpu", "host"]

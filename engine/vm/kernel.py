@@ -165,7 +165,9 @@ class Kernel(BaseModel):
         Returns:
             Parameters to append to the kernel command line.
         """
-        args = ["noreplace-smp"]
+        # Memory is bounded by the VM's RAM, so the guest's memory cgroup only costs: a charge
+        # on every page fault (~0.1 ms of a 2 ms exec round trip under TCG, measured).
+        args = ["noreplace-smp", "cgroup_disable=memory"]
         if accel == "tcg":
             args.append("tsc=reliable")
             if self.lapic_timer_khz_param:

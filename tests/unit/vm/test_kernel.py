@@ -286,5 +286,5 @@ def test_minimal_prefers_pvh_vmlinux_and_patch_flags(tmp_path: Path) -> None:
     (d / "patches").write_text("0001-lapic-timer-khz.patch\n")
     k = resolve_kernel(tmp_path)
     assert (k.path, k.boot) == (d / "vmlinux", "pvh")
-    assert k.boot_args("tcg") == ["noreplace-smp", "tsc=reliable", "lapic_timer_khz=1000000"]
-    assert k.boot_args("kvm") == ["noreplace-smp"]
+    assert k.boot_args("tcg") == ["noreplace-smp", "cgroup_disable=memory", "tsc=reliable", "lapic_timer_khz=1000000"]
+    assert k.boot_args("kvm") == ["noreplace-smp", "cgroup_disable=memory"]
