@@ -298,6 +298,9 @@ class QemuBackend:
             vm._qmp = conns["qmp"]
             await _qmp_handshake(*conns["qmp"])
         except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+            if not isinstance(exc, TimeoutError):  # QEMU is exiting: take all it printed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(vm._tasks[0]), 2)
             await vm.kill()
             raise VmError(
                 f"QEMU failed while starting the VM ({exc}): {_qemu_said(console)}",
@@ -367,7 +370,8 @@ async def _pump_console(reader: asyncio.StreamReader, console: _Console, prefix:
 async def _qmp_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     greeting = await asyncio.wait_for(reader.readline(), CONNECT_TIMEOUT_S)
     if b"QMP" not in greeting:
-        raise VmError("QEMU's QMP greeting is missing")
+        # QEMU exited (or is not QEMU): the caller reports what it printed on stderr.
+        raise ConnectionResetError("QEMU closed its QMP socket")
     writer.write(b'{"execute":"qmp_capabilities"}\n')
     await writer.drain()
     reply = await asyncio.wait_for(reader.readline(), CONNECT_TIMEOUT_S)
