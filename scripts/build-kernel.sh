@@ -69,6 +69,7 @@ if ((${#need_pkgs[@]})); then
     mapfile -t need_pkgs < <(printf '%s\n' "${need_pkgs[@]}" | sort -u)
     log "installing build dependencies: ${need_pkgs[*]}"
     if [[ $(id -u) -eq 0 ]]; then SUDO=(); else SUDO=(sudo); fi
+    "${SUDO[@]}" apt-get update -qq >&2 || die "apt-get update failed"
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         "${need_pkgs[@]}" >&2 || die "apt-get install ${need_pkgs[*]} failed"
 fi
