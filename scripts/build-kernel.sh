@@ -156,7 +156,7 @@ strip --strip-all -o "$TMP/vmlinux" "$OBJ/vmlinux"
 cp "$OBJ/System.map" "$TMP/System.map"
 cp "$OBJ/.config" "$TMP/config"
 echo "$RELEASE" >"$TMP/version"
-# which patches are in (engine/vm/kernel.py enables lapic_timer_khz= from this)
+# which patches are in (engine/vm/kernel/minimal.py enables lapic_timer_khz= from this)
 for p in "${PATCHES[@]}"; do basename "$p"; done >"$TMP/patches"
 echo "$STAMP" >"$TMP/stamp"
 chmod 0755 "$TMP"

@@ -20,6 +20,8 @@ from engine.vm.kernel import (
     read_bzimage_version,
     resolve_kernel,
 )
+from engine.vm.kernel import debian as kdebian
+from engine.vm.kernel import resolve as kresolve
 
 ELF = b"\x7fELF" + b"\0" * 60
 
@@ -104,7 +106,7 @@ def test_no_kernel_says_what_to_run(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     def fail(cache_dir: Path) -> Kernel:
         raise KernelFetchError("apt-get: not installed")
 
-    monkeypatch.setattr(kmod, "fetch_debian_kernel", fail)
+    monkeypatch.setattr(kresolve, "fetch_debian_kernel", fail)
     with pytest.raises(KernelNotFoundError) as info:
         resolve_kernel(tmp_path)
     assert isinstance(info.value, KernelError)
@@ -197,8 +199,8 @@ def test_fetch_debian_kernel_unpacks_atomically_and_is_idempotent(
     sha = kmod._sha256(deb)
 
     calls = {"download": 0}
-    monkeypatch.setattr(kmod, "_resolve_debian_package", lambda: (package, version, release))
-    monkeypatch.setattr(kmod, "_archive_record", lambda p, v: {"SHA256": sha, "Size": str(deb.stat().st_size)})
+    monkeypatch.setattr(kdebian, "_resolve_debian_package", lambda: (package, version, release))
+    monkeypatch.setattr(kdebian, "_archive_record", lambda p, v: {"SHA256": sha, "Size": str(deb.stat().st_size)})
 
     def download(p: str, v: str, record: dict[str, str], dest: Path) -> Path:
         calls["download"] += 1
@@ -208,7 +210,7 @@ def test_fetch_debian_kernel_unpacks_atomically_and_is_idempotent(
             raise kmod.KernelIntegrityError("mismatch")
         return target
 
-    monkeypatch.setattr(kmod, "_download_deb", download)
+    monkeypatch.setattr(kdebian, "_download_deb", download)
     cache = tmp_path / "cache"
     (cache / "kernel").mkdir(parents=True)
     k = fetch_debian_kernel(cache)
