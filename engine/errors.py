@@ -94,28 +94,26 @@ class AccelError(VmError):
     """A forced accelerator (e.g. ``MSB_ACCEL=kvm``) does not work on this host."""
 
 
-class BootError(VmError):
+class _ConsoleVmError(VmError):
+    """A VM error that shows the guest's last console lines under its message."""
+
+    def __init__(self, message: str, *, hint: str | None = None, console_tail: str = "") -> None:
+        self.console_tail = console_tail
+        if console_tail:
+            message = f"{message}\n--- guest console (last lines) ---\n{console_tail.rstrip()}"
+        super().__init__(message, hint=hint)
+
+
+class BootError(_ConsoleVmError):
     """The guest did not become ready; ``console_tail`` holds its last console lines."""
 
     code = -32004
 
-    def __init__(self, message: str, *, hint: str | None = None, console_tail: str = "") -> None:
-        self.console_tail = console_tail
-        if console_tail:
-            message = f"{message}\n--- guest console (last lines) ---\n{console_tail.rstrip()}"
-        super().__init__(message, hint=hint)
 
-
-class VmCrashedError(VmError):
+class VmCrashedError(_ConsoleVmError):
     """The VM died while in use. The sandbox is marked crashed."""
 
     code = -32005
-
-    def __init__(self, message: str, *, hint: str | None = None, console_tail: str = "") -> None:
-        self.console_tail = console_tail
-        if console_tail:
-            message = f"{message}\n--- guest console (last lines) ---\n{console_tail.rstrip()}"
-        super().__init__(message, hint=hint)
 
 
 class ProtocolError(MsbError):
