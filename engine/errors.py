@@ -21,6 +21,9 @@ Tree::
     ├── GuestFileError            -32009  a file operation failed in the guest (errno inside)
     ├── SandboxStateError         -32010  the sandbox is not in a state that allows this
     └── ImageError                -32011  an OCI image could not be pulled, read or built
+        ├── HostileLayerError     -32011  a layer tried to write outside its root (rejected)
+        └── RegistryError         -32012  the registry refused, failed or is unreachable
+            └── AuthError         -32013  credentials missing or wrong for that registry
 """
 
 from __future__ import annotations
@@ -28,16 +31,19 @@ from __future__ import annotations
 __all__ = [
     "AccelError",
     "AgentError",
+    "AuthError",
     "BootError",
     "ConfigError",
     "ExecError",
     "ExecTimeoutError",
     "GuestFileError",
+    "HostileLayerError",
     "ImageError",
     "KernelError",
     "MsbError",
     "NotFoundError",
     "ProtocolError",
+    "RegistryError",
     "SandboxStateError",
     "VmCrashedError",
     "VmError",
@@ -158,3 +164,20 @@ class ImageError(MsbError):
     """An OCI image could not be pulled, read or built."""
 
     code = -32011
+
+
+class HostileLayerError(ImageError):
+    """A layer tar tried to escape its root (``..``, absolute paths, symlink or hardlink tricks,
+    device nodes when unprivileged). Nothing outside the target directory was written."""
+
+
+class RegistryError(ImageError):
+    """A registry refused a request, failed, or could not be reached."""
+
+    code = -32012
+
+
+class AuthError(RegistryError):
+    """The registry wants credentials we do not have, or rejected the ones we sent."""
+
+    code = -32013

@@ -11,10 +11,10 @@ import asyncio
 import logging
 import secrets
 import sys
-from pathlib import Path
 
 import click
 
+from engine.cli.images import register as register_image_commands
 from engine.errors import ExecError, MsbError
 from engine.vm.accel import TCG_WARNING
 
@@ -40,25 +40,28 @@ def cli(log_level: str) -> None:
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
-@click.argument("rootfs", type=click.Path(path_type=Path))
+@click.argument("image", metavar="IMAGE")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("--cpus", type=int, default=1, show_default=True, help="Virtual CPUs.")
 @click.option("--memory", type=int, default=512, show_default=True, help="Guest memory in MiB.")
 @click.option("-e", "--env", "envs", multiple=True, metavar="K=V", help="Environment variable (repeatable).")
-@click.option("-w", "--workdir", default="/", show_default=True, help="Working directory in the guest.")
+@click.option("-w", "--workdir", default=None, help="Working directory in the guest (default: the image's).")
 @click.option("--timeout", type=float, default=None, help="Kill the command after this many seconds.")
 @click.option("-t/-T", "--tty/--no-tty", default=None, help="Allocate a terminal (default: when stdin is one).")
 @click.option("-q", "--quiet", is_flag=True, envvar="MSB_QUIET", help="No notes on stderr (e.g. the TCG note).")
-def exe(rootfs: Path, command: tuple[str, ...], cpus: int, memory: int, envs: tuple[str, ...],
-        workdir: str, timeout: float | None, tty: bool | None, quiet: bool) -> None:
-    """Run COMMAND in a throwaway sandbox booted from the ROOTFS directory.
+def exe(image: str, command: tuple[str, ...], cpus: int, memory: int, envs: tuple[str, ...],
+        workdir: str | None, timeout: float | None, tty: bool | None, quiet: bool) -> None:
+    """Run COMMAND in a throwaway sandbox booted from IMAGE.
 
-    Nothing is left behind: the writable layer lives in guest memory and the VM's
-    sockets and logs are removed however msb exits. The exit code is the command's.
+    IMAGE is an image reference (pulled if not in the store; its Env, WorkingDir, User
+    and, without COMMAND, Entrypoint/Cmd apply) or a root filesystem directory
+    (./dir, /dir). Nothing is left behind: the writable layer lives in guest memory and
+    the VM's sockets and logs are removed however msb exits. The exit code is the command's.
 
     \b
-    Example:
-      msb exe ./rootfs -- sh -c 'echo hello from $(hostname)'
+    Examples:
+      msb exe busybox -- sh -c 'echo hello from $(hostname)'
+      msb exe ./rootfs -- ls /
     """
     argv = list(command)
     if argv and argv[0] == "--":
@@ -70,23 +73,27 @@ def exe(rootfs: Path, command: tuple[str, ...], cpus: int, memory: int, envs: tu
             raise click.BadParameter(f"{item!r} is not K=V", param_hint="--env")
         env[key] = value
     try:
-        code = asyncio.run(_exe(rootfs, argv, cpus, memory, env, workdir, timeout, tty, quiet))
+        code = asyncio.run(_exe(image, argv, cpus, memory, env, workdir, timeout, tty, quiet))
     except KeyboardInterrupt:  # the sandbox was killed and cleaned up on the way out
         code = EXIT_INTERRUPTED
     sys.exit(code)
 
 
-async def _exe(rootfs: Path, argv: list[str], cpus: int, memory: int, env: dict[str, str], workdir: str,
+async def _exe(image: str, argv: list[str], cpus: int, memory: int, env: dict[str, str], workdir: str | None,
                timeout: float | None, tty: bool | None, quiet: bool) -> int:
+    from engine.cli.progress import BarProgress
     from engine.cli.terminal import attach, raw_terminal, terminal_size
+    from engine.images.resolve import resolve_root
     from engine.sandbox.engine import Engine
-    from engine.sandbox.spec import SandboxSpec
 
     interactive = sys.stdin.isatty() and sys.stdout.isatty() if tty is None else tty
-    argv = argv or ["/bin/sh"]
     try:
-        spec = SandboxSpec(name=f"exe-{secrets.token_hex(4)}", rootfs=rootfs, cpus=cpus, memory_mib=memory,
-                           env=env, workdir=workdir)
+        root = await resolve_root(image, progress=BarProgress(quiet=quiet))
+    except MsbError as exc:
+        return _fail(exc)
+    argv = argv or root.defaults.command() or ["/bin/sh"]
+    try:
+        spec = root.spec(f"exe-{secrets.token_hex(4)}", cpus=cpus, memory_mib=memory, env=env, workdir=workdir)
     except ValueError as exc:
         click.echo(f"msb: error: {exc}", err=True)
         return 2
@@ -109,6 +116,9 @@ async def _exe(rootfs: Path, argv: list[str], cpus: int, memory: int, env: dict[
     finally:
         # Ephemeral: nothing to keep, so killing is both faster and complete.
         await sandbox.kill()
+
+
+register_image_commands(cli)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from engine import paths
-from engine.errors import BootError, KernelError, VmError
+from engine.errors import BootError, ConfigError, KernelError, VmError
 from engine.sandbox.sandbox import Sandbox
 from engine.sandbox.spec import SandboxSpec
 from engine.vm.accel import AccelVerdict, choose_accel
@@ -178,7 +178,13 @@ class Engine:
         if not self.backend.needs_boot_assets:
             return spec.rootfs, None
         upper = None if spec.persist_dir is None else spec.persist_dir / "upper.ext4"
-        root = await asyncio.to_thread(root_image_for_dir, spec.rootfs, self.cache_dir)
+        if spec.root_image is not None:
+            if not spec.root_image.is_file():
+                raise ConfigError(f"root image {spec.root_image} is missing",
+                                  hint="rebuild it: start the sandbox from its image again")  # fmt: skip
+            root = spec.root_image
+        else:
+            root = await asyncio.to_thread(root_image_for_dir, spec.rootfs, self.cache_dir)
         if upper is not None:
             await asyncio.to_thread(create_upper_image, upper, spec.disk_mib)
         return root, upper

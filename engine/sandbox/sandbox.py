@@ -138,7 +138,7 @@ class Sandbox:
         self._need_running()
         return await self.client.exec(
             argv, stdin_data=stdin, max_output=max_output, env=self._env(env),
-            cwd=cwd or self.spec.workdir, timeout=timeout,
+            cwd=cwd or self.spec.workdir, timeout=timeout, uid=self.spec.uid, gid=self.spec.gid,
         )  # fmt: skip
 
     async def exec_stream(
@@ -173,7 +173,7 @@ class Sandbox:
         self._need_running()
         return await self.client.spawn(
             argv, env=self._env(env, tty), cwd=cwd or self.spec.workdir, timeout=timeout,
-            tty=tty, stdin=stdin or tty, rows=rows, cols=cols,
+            tty=tty, stdin=stdin or tty, rows=rows, cols=cols, uid=self.spec.uid, gid=self.spec.gid,
         )  # fmt: skip
 
     async def pty(self, argv: list[str] | None = None, *, rows: int = 24, cols: int = 80) -> Process:

@@ -23,6 +23,12 @@ class SandboxSpec(BaseModel):
     name: Name
     rootfs: Path
     """Directory holding the guest's root filesystem (read-only lower layer)."""
+    root_image: Path | None = None
+    """A prebuilt ext4 image of ``rootfs`` (images from the store have one); skips the
+    fingerprint-and-build step."""
+    uid: int | None = Field(default=None, ge=0, le=(1 << 32) - 2)
+    """User commands run as by default (an image's ``User``); ``None`` = root."""
+    gid: int | None = Field(default=None, ge=0, le=(1 << 32) - 2)
     cpus: int = Field(default=1, ge=1, le=64)
     memory_mib: int = Field(default=512, ge=64, le=1 << 20)
     """Guest RAM in MiB."""

@@ -75,6 +75,18 @@ def root_image_for_dir(rootfs: Path, cache_dir: Path) -> Path:
     target = cache_dir / "rootfs" / f"{digest[:32]}.ext4"
     if target.exists():
         return target
+    build_ext4(rootfs, target, need=need, count=count)
+    return target
+
+
+def build_ext4(src: Path, target: Path, *, need: int | None = None, count: int | None = None) -> Path:
+    """Build a read-only-use ext4 image of directory ``src`` at ``target`` (atomically).
+
+    Raises:
+        VmError: mkfs failed.
+    """
+    if need is None or count is None:
+        _, need, count = tree_fingerprint(src)
     target.parent.mkdir(parents=True, exist_ok=True)
     size = int(need * 1.15) + (16 << 20)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
@@ -83,7 +95,7 @@ def root_image_for_dir(rootfs: Path, cache_dir: Path) -> Path:
         os.truncate(tmp, size)
         _run_mkfs([
             "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-m", "0", "-b", str(BLOCK),
-            "-N", str(count + 1024), "-L", "msb-root", "-d", str(rootfs), tmp,
+            "-N", str(count + 1024), "-L", "msb-root", "-d", str(src), tmp,
         ])  # fmt: skip
         os.replace(tmp, target)
     finally:

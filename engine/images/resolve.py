@@ -1,0 +1,84 @@
+"""From what a user typed (``python:3.11``, ``./rootfs``) to a bootable sandbox spec.
+
+``IMAGE`` arguments name either a root filesystem directory (``./dir``, ``/dir``, ``~/dir``)
+or an image reference; an image not in the store is pulled, then its root filesystem is
+built once and cached. The image config's Env, WorkingDir and User become the spec's
+defaults; Entrypoint/Cmd are returned for callers that run "the image's command".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from engine import paths
+from engine.errors import ConfigError
+from engine.images.progress import NO_PROGRESS, Progress
+from engine.images.pull import ensure_image
+from engine.images.registry import ImageRegistry
+from engine.images.rootfs import ImageDefaults, ensure_rootfs
+from engine.images.store import ImageRecord, ImageStore
+from engine.sandbox.spec import SandboxSpec
+
+
+class ResolvedRoot(BaseModel):
+    """A bootable root: the directory, maybe a prebuilt ext4 image, and the image's defaults."""
+
+    rootfs: Path
+    root_image: Path | None = None
+    defaults: ImageDefaults = ImageDefaults()
+    record: ImageRecord | None = None
+    built: bool = False
+
+    def spec(self, name: str, **overrides: Any) -> SandboxSpec:
+        """A spec with the image's env/workdir/user, overridden by ``overrides``
+        (``env`` is merged: the image's first, then yours)."""
+        env = {**self.defaults.env, **(overrides.pop("env", None) or {})}
+        fields: dict[str, Any] = {
+            "name": name, "rootfs": self.rootfs, "root_image": self.root_image, "env": env,
+            "workdir": self.defaults.workdir, "uid": self.defaults.uid, "gid": self.defaults.gid,
+        }  # fmt: skip
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return SandboxSpec(**fields)
+
+
+def is_directory_arg(text: str) -> bool:
+    """True if ``text`` names a root filesystem directory rather than an image."""
+    return text.startswith(("./", "../", "/", "~")) or text in (".", "..")
+
+
+async def resolve_root(
+    text: str,
+    *,
+    store: ImageStore | None = None,
+    cache_dir: Path | None = None,
+    registry: ImageRegistry | None = None,
+    progress: Progress = NO_PROGRESS,
+    base_dir: Path | None = None,
+) -> ResolvedRoot:
+    """Resolve an IMAGE argument (pulling and building as needed).
+
+    Args:
+        base_dir: what relative directory paths are relative to (a Sandboxfile's folder).
+
+    Raises:
+        ConfigError: a directory that does not exist; a malformed reference.
+        ImageError, RegistryError, AuthError: the image could not be had.
+    """
+    if is_directory_arg(text):
+        path = Path(text).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if not path.is_dir():
+            raise ConfigError(f"root filesystem directory {path} does not exist",
+                              hint="pass an existing directory, or an image name like python:3.11")  # fmt: skip
+        return ResolvedRoot(rootfs=path.resolve())
+    store = store or ImageStore.default()
+    cache_dir = cache_dir or paths.cache_dir()
+    record = await ensure_image(text, store, registry, progress=progress)
+    built = await asyncio.to_thread(ensure_rootfs, store, record, cache_dir, progress=progress)
+    return ResolvedRoot(rootfs=built.tree, root_image=built.image, defaults=built.defaults, record=record,
+                        built=built.built)  # fmt: skip
