@@ -65,7 +65,31 @@ def render_engine(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"engine": render_engine}
+def render_images(r: dict[str, Any]) -> str:
+    mb = r["image_bytes"] / 1e6
+    lines = [
+        f"Run {r['measured_at']} on {r['host']['cpus']} CPUs. A {mb:.0f} MB image in {r['layers']} gzip layers, "
+        "served by Debian's docker-registry on 127.0.0.1; each client pulls into an empty store/directory "
+        "(runs interleaved).",
+        "",
+        "| measure | result | target |",
+        "|---|---|---|",
+        _row("`msb` pull (ms)", f"p50 {r['msb_pull_ms']['p50']} (min {r['msb_pull_ms']['min']}, "
+             f"n={r['msb_pull_ms']['n']})", ""),
+        _row("`skopeo copy docker://… oci:…` (ms)", f"p50 {r['skopeo_copy_ms']['p50']} "
+             f"(min {r['skopeo_copy_ms']['min']}, n={r['skopeo_copy_ms']['n']})", ""),
+        _row("ratio msb / skopeo", r["pull_vs_skopeo_ratio"], "≤ 1.2"),
+        _row("second pull of a cached image, API (ms)", f"p50 {r['cached_pull']['p50']} "
+             f"/ max {r['cached_pull']['max']}", "≤ 50 ms"),
+        _row("same through the CLI, incl. Python start-up (ms)", f"p50 {r['cached_pull_cli_ms']['p50']}", ""),
+    ]
+    for label, v in r["rootfs"].items():
+        lines.append(_row(f"rootfs build (layers → tree → ext4), {label} (ms)", f"p50 {v['build_ms']['p50']}", ""))
+        lines.append(_row(f"rootfs cache hit, {label} (ms)", f"p50 {v['cache_hit_ms']['p50']}", ""))
+    return "\n".join(lines)
+
+
+RENDERERS = {"engine": render_engine, "images": render_images}
 
 
 def write_doc(name: str, section: str) -> None:
@@ -91,6 +115,17 @@ async def _run(which: list[str], quick: bool) -> None:
         (RESULTS / "engine.json").write_text(json.dumps(r, indent=2) + "\n")
         write_doc("engine", render_engine(r))
         print(json.dumps({k: v for k, v in r.items() if k != "kernels"}, indent=2))
+    if "images" in which:
+        import os
+
+        from bench import images
+
+        r = await images.run(runs=3 if quick else 7)
+        r["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        r["host"] = {"cpus": os.cpu_count()}
+        (RESULTS / "images.json").write_text(json.dumps(r, indent=2) + "\n")
+        write_doc("images", render_images(r))
+        print(json.dumps({k: v for k, v in r.items() if k != "rootfs"}, indent=2))
 
 
 def main() -> None:

@@ -18,6 +18,11 @@ declare -A NEED=(
   [gcc]=gcc
   [make]=make
   [tmux]=tmux
+  [docker-registry]=docker-registry   # tests: a real local OCI registry
+  [skopeo]=skopeo                     # tests and bench: the reference registry client
+  [htpasswd]=apache2-utils            # tests: the registry's htpasswd file
+  [mmdebstrap]=mmdebstrap             # `msb image build`: offline base images
+  [zstd]=zstd
 )
 missing=()
 for bin in "${!NEED[@]}"; do

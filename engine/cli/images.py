@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -185,24 +184,16 @@ def build(name: str, suite: str, mirror: str | None, tag: str | None) -> None:
     microsandbox/node    Debian minbase + nodejs + npm
     busybox              the host's static busybox
     """
-    from engine.images.archive import import_layout
-    from engine.images.build import build_base_image
-    from engine.images.reference import ImageRef
+    from engine.images.resolve import build_offline
 
-    store = _store()
-    target = tag or str(ImageRef.parse(name))
-    with tempfile.TemporaryDirectory(dir=store.root / "ingest") as tmp:
-        out = Path(tmp) / "layout"
-        try:
-            click.echo(f"building {name} from Debian {suite} packages …", err=True)
-            _, ref_name = build_base_image(name, out, suite=suite, mirror=mirror,
-                                           log=lambda line: click.echo(f"  {line}", err=True))  # fmt: skip
-            recs = import_layout(store, out, name=target, ref_name=ref_name, source="build")
-        except MsbError as exc:
-            _die(exc)
-            return
-    for rec in recs:
-        click.echo(f"built {rec.ref.short()} ({rec.id}, {_human(rec.size)})")
+    click.echo(f"building {name} from Debian {suite} packages …", err=True)
+    try:
+        rec = build_offline(name, _store(), lambda line: click.echo(f"  {line}", err=True), tag=tag, suite=suite,
+                            mirror=mirror)  # fmt: skip
+    except MsbError as exc:
+        _die(exc)
+        return
+    click.echo(f"built {rec.ref.short()} ({rec.id}, {_human(rec.size)})")
 
 
 @image.command("import")

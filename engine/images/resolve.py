@@ -9,15 +9,18 @@ defaults; Entrypoint/Cmd are returned for callers that run "the image's command"
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from engine import paths
-from engine.errors import ConfigError
+from engine.errors import AuthError, ConfigError, ImageError
 from engine.images.progress import NO_PROGRESS, Progress
-from engine.images.pull import ensure_image
+from engine.images.pull import OFFLINE_IMAGES, ensure_image
+from engine.images.reference import ImageRef
 from engine.images.registry import ImageRegistry
 from engine.images.rootfs import ImageDefaults, ensure_rootfs
 from engine.images.store import ImageRecord, ImageStore
@@ -78,7 +81,34 @@ async def resolve_root(
         return ResolvedRoot(rootfs=path.resolve())
     store = store or ImageStore.default()
     cache_dir = cache_dir or paths.cache_dir()
-    record = await ensure_image(text, store, registry, progress=progress)
+    try:
+        record = await ensure_image(text, store, registry, progress=progress)
+    except ImageError as exc:
+        ref = ImageRef.parse(text)
+        if ref.name not in OFFLINE_IMAGES or ref.tag != "latest" or isinstance(exc, AuthError):
+            raise
+        # msb's own base images: build them from Debian packages when no registry has them
+        progress.note(f"{ref.short()} cannot be pulled ({exc.message}); building it from Debian packages")
+        record = await asyncio.to_thread(build_offline, ref.short().split(":")[0], store, progress.note)
     built = await asyncio.to_thread(ensure_rootfs, store, record, cache_dir, progress=progress)
     return ResolvedRoot(rootfs=built.tree, root_image=built.image, defaults=built.defaults, record=record,
                         built=built.built)  # fmt: skip
+
+
+def build_offline(name: str, store: ImageStore, log: Callable[[str], None] | None = None,
+                  *, tag: str | None = None, suite: str = "bookworm", mirror: str | None = None) -> ImageRecord:
+    """Build one of msb's base images (``microsandbox/python``, ``microsandbox/node``,
+    ``busybox``) from Debian packages and store it under its canonical name (or ``tag``).
+
+    Raises:
+        ImageError: the build failed (the message says why and what to install).
+    """
+    from engine.images.archive import import_layout
+    from engine.images.build import build_base_image
+
+    target = tag or str(ImageRef.parse(name))
+    with tempfile.TemporaryDirectory(dir=store.root / "ingest") as tmp:
+        out = Path(tmp) / "layout"
+        _, ref_name = build_base_image(name, out, suite=suite, mirror=mirror, log=log)
+        [record] = import_layout(store, out, name=target, ref_name=ref_name, source="build")
+    return record

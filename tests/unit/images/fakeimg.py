@@ -100,9 +100,12 @@ def docker_save_tar(out: Path, files: dict[str, str], repo_tag: str) -> None:
         for name, data in (
             ("abc/layer.tar", layer.getvalue()),
             ("cfg.json", cfg_bytes),
-            ("manifest.json", json.dumps([{"Config": "cfg.json", "RepoTags": [repo_tag],
-                                           "Layers": ["abc/layer.tar"]}]).encode()),  # fmt: skip
+            ("manifest.json", _docker_manifest(repo_tag)),
         ):
             ti = tarfile.TarInfo(name)
             ti.size = len(data)
             t.addfile(ti, io.BytesIO(data))
+
+
+def _docker_manifest(repo_tag: str) -> bytes:
+    return json.dumps([{"Config": "cfg.json", "RepoTags": [repo_tag], "Layers": ["abc/layer.tar"]}]).encode()

@@ -1,0 +1,3 @@
+"""Shared pytest configuration: the local registry fixtures (tests/support)."""
+
+pytest_plugins = ["tests.support.fixtures"]
