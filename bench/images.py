@@ -51,8 +51,9 @@ async def _msb_pull(ref: str, root: Path) -> tuple[float, ImageStore]:
 async def run(runs: int = 5) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="msb-bench-images-"))
     try:
+        (work / "registry").mkdir()
         with LocalRegistry(workdir=work / "registry") as reg:
-            big = big_image(work / "big", total_mb=100, layers=5)
+            big = big_image(work / "big", total_mb=135, layers=5)  # ≈ 100 MB once gzipped
             pushed = push_layout(big.layout, big.ref, reg, "bench/big:v1")
             size = sum(d.size for d in big.layers)
             skopeo_ms: list[float] = []
