@@ -49,7 +49,7 @@ class BarProgress(Progress):
             if self.tty:
                 self._draw(force=True)
             else:
-                size = f" ({human(total_bytes)}, {items} blobs)" if total_bytes else ""
+                size = f" ({human(total_bytes)}, {items} {'item' if items == 1 else 'items'})" if total_bytes else ""
                 print(f"{title}{size} …", file=self.stream, flush=True)
 
     def advance(self, nbytes: int) -> None:

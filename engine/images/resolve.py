@@ -88,7 +88,8 @@ async def resolve_root(
         if ref.name not in OFFLINE_IMAGES or ref.tag != "latest" or isinstance(exc, AuthError):
             raise
         # msb's own base images: build them from Debian packages when no registry has them
-        progress.note(f"{ref.short()} cannot be pulled ({exc.message}); building it from Debian packages")
+        progress.note(f"{ref.short()} is not in the store and no registry has it; building it offline "
+                      "(`msb image build`)")
         record = await asyncio.to_thread(build_offline, ref.short().split(":")[0], store, progress.note)
     built = await asyncio.to_thread(ensure_rootfs, store, record, cache_dir, progress=progress)
     return ResolvedRoot(rootfs=built.tree, root_image=built.image, defaults=built.defaults, record=record,

@@ -7,9 +7,9 @@ import json
 import tarfile
 from pathlib import Path
 
+from engine.images.fake_registry import FakeRegistry
 from engine.images.layout import LayoutWriter, write_layer_tar
 from engine.images.oci import OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST, Descriptor, ImageConfig, Platform
-from engine.images.registry import FakeRegistry
 
 
 def tree(root: Path, files: dict[str, str]) -> Path:

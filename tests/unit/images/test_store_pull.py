@@ -12,11 +12,11 @@ import pytest
 from engine.errors import AuthError, ImageError, NotFoundError, RegistryError
 from engine.images.archive import export_layout, import_archive, import_layout
 from engine.images.credentials import Credentials
+from engine.images.fake_registry import FakeRegistry
 from engine.images.oci import Platform
 from engine.images.pull import ensure_image, pull_image
 from engine.images.push import push_image
 from engine.images.reference import ImageRef
-from engine.images.registry import FakeRegistry
 from engine.images.store import DigestMismatch, ImageStore
 from tests.unit.images.fakeimg import docker_save_tar, publish, publish_index, write_layout
 
