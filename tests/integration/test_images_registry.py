@@ -273,3 +273,59 @@ async def test_registry_that_always_corrupts_stores_nothing(registry: LocalRegis
         await pull_image(f"{registry.host}/{repo}:v1", store, anon())
     assert not store.has_blob("sha256:" + target)
     assert store.get(f"{registry.host}/{repo}:v1") is None
+
+
+def _hostile_layout(root: Path, tmp: Path) -> None:
+    """A valid image whose second layer writes through a symlink to outside the root."""
+    import io
+    import tarfile
+
+    from engine.images.layout import LayoutWriter
+    from engine.images.oci import OCI_LAYER, ImageConfig
+
+    writer = LayoutWriter(root)
+    cfg = ImageConfig()
+    layers = []
+    for entries in ([("escape", "symlink", "../../../../../../tmp")], [("escape/msb-pwned", "file", "x")]):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            for name, kind, data in entries:
+                ti = tarfile.TarInfo(name)
+                if kind == "symlink":
+                    ti.type, ti.linkname = tarfile.SYMTYPE, data
+                    t.addfile(ti)
+                else:
+                    ti.size = len(data)
+                    t.addfile(ti, io.BytesIO(data.encode()))
+        desc = writer.add_bytes(buf.getvalue(), OCI_LAYER)
+        layers.append(desc)
+        cfg.rootfs.diff_ids.append(desc.digest)
+    writer.add_image(layers, cfg, ref_name="evil")
+    writer.close()
+
+
+async def test_hostile_image_pulls_but_never_unpacks_outside(registry: LocalRegistry, repo: str,
+                                                             store: ImageStore, tmp_path: Path) -> None:
+    from engine.errors import HostileLayerError
+
+    _hostile_layout(tmp_path / "evil", tmp_path)
+    [rec] = import_layout(store, tmp_path / "evil", name=f"{registry.host}/{repo}:evil")
+    await push_image(store, rec.name, None, anon())
+    fresh = ImageStore(tmp_path / "fresh")
+    pulled = await pull_image(rec.name, fresh, anon())  # the blobs are valid: the pull succeeds
+    with pytest.raises(HostileLayerError):
+        ensure_rootfs(fresh, pulled.record, tmp_path / "cache")
+    assert not Path("/tmp/msb-pwned").exists()
+    leftovers = [p.name for p in (tmp_path / "cache" / "image-rootfs").iterdir() if not p.name.endswith(".lock")]
+    assert leftovers == []  # the half-built tree was thrown away
+
+
+def test_cli_pull_of_base_image_without_docker_hub_says_how_to_build(tmp_path: Path) -> None:
+    # Make Docker Hub unreachable even on a host with internet: a proxy that refuses.
+    env = {**os.environ, "MSB_CACHE_DIR": str(tmp_path / "cache"), "MSB_STORAGE_PATH": str(tmp_path / "state"),
+           "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "NO_PROXY": ""}  # fmt: skip
+    res = subprocess.run([sys.executable, "-m", "engine.cli.main", "pull", "microsandbox/python"], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 1
+    assert "msb image build microsandbox/python" in res.stderr
+    assert "Traceback" not in res.stderr
