@@ -8,6 +8,11 @@ that :func:`engine.images.archive.import_layout` brings into the store.
 Layers are written from tar streams rather than from a directory walk: mmdebstrap's tar output
 has the right owners in root *and* unshare mode (a directory built unprivileged does not), keeps
 xattrs, and the busybox tar is reproducible (same host binary → same digests).
+
+This module holds the recipes and the build itself; the host's apt sources are read in
+:mod:`engine.images.debsources` and the busybox tree is made in :mod:`engine.images.busybox`.
+Their public names (``debian_mirror``, ``DEFAULT_MIRROR``, ``find_static_busybox`` …) are
+re-exported here (``import X as X``), as they were defined here before the split.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import io
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import tarfile
@@ -28,17 +32,23 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import zstandard
 from pydantic import BaseModel, Field
 
 from engine.errors import ImageError
+from engine.images.busybox import Entry, busybox_entries, tar_info
+from engine.images.busybox import busybox_applets as busybox_applets
+from engine.images.busybox import find_static_busybox as find_static_busybox
+from engine.images.busybox import is_static_elf as is_static_elf
+from engine.images.debsources import DEFAULT_MIRROR as DEFAULT_MIRROR
+from engine.images.debsources import debian_mirror as debian_mirror
+from engine.images.debsources import redact
 from engine.images.layout import LAYER_MEDIA_TYPE, Compression, LayoutWriter
 from engine.images.oci import ContainerConfig, Descriptor, ImageConfig, RootFs, host_platform
 
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
 REF = "latest"
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _LEVELS: dict[str, int] = {"zstd": 3, "gzip": 6}
@@ -174,14 +184,14 @@ def _debian_layer(recipe: BaseImageRecipe, writer: LayoutWriter, work: Path, sui
         desc, diff_id = _write_layer(writer, _debian_entries(src), compression)
     tar.unlink()
     labels = {"msb.debian.suite": suite, "msb.debian.mirror": urlsplit(mirror).hostname or mirror}
-    created_by = f"mmdebstrap --variant=minbase --include={','.join(recipe.packages)} {suite} {_redact(mirror)}"
+    created_by = f"mmdebstrap --variant=minbase --include={','.join(recipe.packages)} {suite} {redact(mirror)}"
     return _Built(desc, diff_id, labels, created_by)
 
 
 def _busybox_layer(writer: LayoutWriter, compression: Compression, say: Log) -> _Built:
     busybox = find_static_busybox()
     say(f"copying {busybox} and its applet links")
-    desc, diff_id = _write_layer(writer, _busybox_entries(busybox), compression)
+    desc, diff_id = _write_layer(writer, busybox_entries(busybox), compression)
     return _Built(desc, diff_id, {}, f"copy {busybox} (Debian busybox-static) + one symlink per applet")
 
 
@@ -203,87 +213,6 @@ def _image_config(recipe: BaseImageRecipe, built: _Built) -> ImageConfig:
         rootfs=RootFs(diff_ids=[built.diff_id]),
         history=[{"created": now, "created_by": built.created_by, "comment": "msb offline base image builder"}],
     )
-
-
-# --- the Debian mirror -----------------------------------------------------------------------
-
-_DEBIAN_SUITES = {"sid", "unstable", "testing", "stable", "oldstable", "oldoldstable", "experimental",
-                  "forky", "trixie", "bookworm", "bullseye", "buster", "stretch", "jessie"}  # fmt: skip
-
-
-def debian_mirror(root: Path = Path("/")) -> str:
-    """The host's Debian archive mirror, from its apt sources (one-line and deb822 files).
-
-    Security, nodesource-like and non-Debian entries are skipped; the first archive of a Debian
-    suite (or whose path ends in ``/debian``) wins.
-
-    Args:
-        root: the filesystem root whose ``etc/apt`` is read (tests pass a temp dir).
-
-    Returns:
-        The mirror URL without a trailing slash, or :data:`DEFAULT_MIRROR`.
-    """
-    apt = root / "etc" / "apt"
-    files = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*"))]
-    for path in files:
-        try:
-            text = path.read_text(errors="replace")
-        except OSError:
-            continue
-        if path.name == "sources.list" or path.suffix == ".list":
-            entries = list(_one_line_entries(text))
-        elif path.suffix == ".sources":
-            entries = list(_deb822_entries(text))
-        else:
-            continue
-        for uri, suites in entries:
-            if _is_debian_archive(uri, suites):
-                return uri.rstrip("/")
-    return DEFAULT_MIRROR
-
-
-def _one_line_entries(text: str) -> Iterator[tuple[str, list[str]]]:
-    for line in text.splitlines():
-        line = re.sub(r"\[[^\]]*\]", " ", line.split("#", 1)[0])  # drop comments and [options]
-        words = line.split()
-        if len(words) >= 3 and words[0] == "deb":
-            yield words[1], [words[2]]
-
-
-def _deb822_entries(text: str) -> Iterator[tuple[str, list[str]]]:
-    for stanza in re.split(r"\n\s*\n", text):
-        fields: dict[str, str] = {}
-        key = ""
-        for line in stanza.splitlines():
-            if line.startswith("#"):
-                continue
-            if line[:1].isspace() and key:
-                fields[key] += " " + line.strip()
-            elif ":" in line:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                fields[key] = value.strip()
-        if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes").lower() == "no":
-            continue
-        for uri in fields.get("uris", "").split():
-            yield uri, fields.get("suites", "").split()
-
-
-def _is_debian_archive(uri: str, suites: list[str]) -> bool:
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https", "file", "ftp") or "security" in uri:
-        return False
-    bases = {s.split("-", 1)[0].split("/", 1)[0] for s in suites}
-    return bool(bases & _DEBIAN_SUITES) or parts.path.rstrip("/").endswith("/debian")
-
-
-def _redact(url: str) -> str:
-    """``url`` without user:password (it goes into the image's history and labels)."""
-    parts = urlsplit(url)
-    if parts.hostname is None or "@" not in parts.netloc:
-        return url
-    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
 
 
 # --- mmdebstrap ------------------------------------------------------------------------------
@@ -315,7 +244,7 @@ def _run_mmdebstrap(recipe: BaseImageRecipe, target: Path, suite: str, mirror: s
         raise ImageError("mmdebstrap is not installed", hint="install mmdebstrap: apt-get install mmdebstrap")
     mode = "root" if os.geteuid() == 0 else "unshare"  # unshare: user namespaces + /etc/subuid
     argv = mmdebstrap_argv(recipe, target, suite, mirror, mode)
-    say(f"mmdebstrap ({mode} mode): {recipe.name} from {_redact(mirror)} {suite}")
+    say(f"mmdebstrap ({mode} mode): {recipe.name} from {redact(mirror)} {suite}")
     tail: deque[str] = deque(maxlen=15)
     with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, errors="replace") as proc:  # fmt: skip
@@ -330,7 +259,7 @@ def _run_mmdebstrap(recipe: BaseImageRecipe, target: Path, suite: str, mirror: s
                 proc.terminate()
         rc = proc.wait()
     if rc != 0 or not target.is_file():
-        hint = f"check that {_redact(mirror)} serves {suite} (apt-get update works on this host)"
+        hint = f"check that {redact(mirror)} serves {suite} (apt-get update works on this host)"
         if mode == "unshare":
             hint = ("run as root, or allow unshare mode: apt-get install uidmap && usermod --add-subuids "
                     "100000-165535 --add-subgids 100000-165535 $USER; and " + hint)  # fmt: skip
@@ -339,8 +268,6 @@ def _run_mmdebstrap(recipe: BaseImageRecipe, target: Path, suite: str, mirror: s
 
 
 # --- layers ----------------------------------------------------------------------------------
-
-Entry = tuple[tarfile.TarInfo, IO[bytes] | None]
 
 
 class _HashingWriter(io.RawIOBase):
@@ -395,94 +322,7 @@ def _debian_entries(src: tarfile.TarFile) -> Iterator[Entry]:
         m.pax_headers = {k: v for k, v in m.pax_headers.items() if k not in ("path", "linkpath", "uname", "gname")}
         yield m, src.extractfile(m) if m.isreg() else None
     if not has_dev:  # --skip=output/dev drops the directory too; the guest mounts devtmpfs on it
-        yield _info("dev", tarfile.DIRTYPE, 0o755, mtime), None
-
-
-def _info(name: str, kind: bytes, mode: int, mtime: int, *, size: int = 0, link: str = "") -> tarfile.TarInfo:
-    ti = tarfile.TarInfo(name)
-    ti.type, ti.mode, ti.mtime, ti.size, ti.linkname = kind, mode, mtime, size, link
-    return ti
-
-
-# --- busybox ---------------------------------------------------------------------------------
-
-_BUSYBOX_DIRS = {"bin": 0o755, "sbin": 0o755, "usr": 0o755, "usr/bin": 0o755, "usr/sbin": 0o755, "etc": 0o755,
-                 "root": 0o700, "tmp": 0o1777, "var": 0o755, "var/tmp": 0o1777, "dev": 0o755, "proc": 0o555,
-                 "sys": 0o555, "run": 0o755, "home": 0o755}  # fmt: skip
-_PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
-_GROUP = b"root:x:0:\nnogroup:x:65534:\n"
-_ELF_PHDRS = {1: ("I", 0x1C, 0x2A), 2: ("Q", 0x20, 0x36)}
-"""ELF class → (e_phoff format, its offset, offset of e_phentsize + e_phnum)."""
-
-
-def find_static_busybox() -> Path:
-    """The host's static busybox (Debian ``busybox-static``), checked for having no ELF interpreter.
-
-    Raises:
-        ImageError: none installed, or only a dynamically linked one.
-    """
-    candidates: list[Path] = []
-    if shutil.which("dpkg") is not None:
-        res = subprocess.run(["dpkg", "-L", "busybox-static"], capture_output=True, text=True, check=False)
-        candidates += [Path(p) for p in res.stdout.splitlines() if p.endswith("/bin/busybox")]
-    candidates += [Path("/bin/busybox"), Path("/usr/bin/busybox")]
-    for path in candidates:
-        if path.is_file() and is_static_elf(path):
-            return path.resolve()
-    raise ImageError("no statically linked busybox on this host",
-                     hint="install it: apt-get install busybox-static")  # fmt: skip
-
-
-def is_static_elf(path: Path) -> bool:
-    """True if ``path`` is an ELF executable without a ``PT_INTERP`` program header (so no dynamic loader)."""
-    with open(path, "rb") as f:
-        head = f.read(64)
-        if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
-            return False
-        end = "<" if head[5] == 1 else ">"
-        fmt, at_phoff, at_phnum = _ELF_PHDRS[head[4]]
-        (phoff,) = struct.unpack_from(end + fmt, head, at_phoff)
-        phentsize, phnum = struct.unpack_from(end + "HH", head, at_phnum)
-        f.seek(phoff)
-        table = f.read(phentsize * phnum)
-    if phentsize < 4 or len(table) < phentsize * phnum:
-        return False
-    return all(struct.unpack_from(end + "I", table, i * phentsize)[0] != 3 for i in range(phnum))  # 3 = PT_INTERP
-
-
-def busybox_applets(busybox: Path) -> list[str]:
-    """``busybox --list-full`` (paths like ``bin/sh``), without busybox itself or unsafe names."""
-    res = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise ImageError(f"{busybox} --list-full failed: {res.stderr.strip()}", hint="apt-get install busybox-static")
-    applets = []
-    for line in res.stdout.split():
-        parts = line.split("/")
-        if line.startswith("/") or ".." in parts or "" in parts or line == "bin/busybox":
-            continue
-        applets.append(line)
-    return applets
-
-
-def _busybox_entries(busybox: Path) -> Iterator[Entry]:
-    """The busybox tree, as the tar entries of one layer (owner root, mtime of the binary)."""
-    st = busybox.stat()
-    mtime = int(st.st_mtime)
-    applets = busybox_applets(busybox)
-    dirs = dict(_BUSYBOX_DIRS)
-    for applet in applets:
-        parent = applet.rsplit("/", 1)[0] if "/" in applet else ""
-        while parent and parent not in dirs:
-            dirs[parent] = 0o755
-            parent = parent.rsplit("/", 1)[0] if "/" in parent else ""
-    items: list[Entry] = [(_info(d, tarfile.DIRTYPE, mode, mtime), None) for d, mode in dirs.items()]
-    items += [(_info(a, tarfile.SYMTYPE, 0o777, mtime, link="/bin/busybox"), None) for a in applets]
-    for name, data in (("etc/passwd", _PASSWD), ("etc/group", _GROUP)):
-        items.append((_info(name, tarfile.REGTYPE, 0o644, mtime, size=len(data)), io.BytesIO(data)))
-    items.sort(key=lambda e: e[0].name)
-    yield from items
-    with open(busybox, "rb") as f:
-        yield _info("bin/busybox", tarfile.REGTYPE, 0o755, mtime, size=st.st_size), f
+        yield tar_info("dev", tarfile.DIRTYPE, 0o755, mtime), None
 
 
 # --- CLI -------------------------------------------------------------------------------------

@@ -26,50 +26,56 @@ layer already wrote.
 The target is created with mode 0700 and its mode is never changed (an entry for the root
 itself is ignored): a root-owned extract can hold setuid-root binaries, which other host users
 must not reach. On any error the target is left half-applied; callers throw it away.
+
+This module holds the changeset rules; :mod:`engine.images.tarstream` bounds the stream (bytes,
+diff_id, header sizes) and :mod:`engine.images.fsops` does every fd-relative filesystem call.
 """
 
 from __future__ import annotations
 
-import errno
 import gzip
-import hashlib
 import os
-import shutil
 import stat
 import tarfile
-import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Protocol
 
-import zstandard
 from pydantic import BaseModel, Field
 
 from engine.errors import HostileLayerError, ImageError
+from engine.images.fsops import (
+    DIR_FLAGS,
+    NEW_FILE_FLAGS,
+    Ref,
+    lstat,
+    mtime_ns,
+    open_target,
+    remove,
+    set_owner,
+    set_xattrs,
+    walk,
+)
 from engine.images.oci import Digest
+from engine.images.tarstream import (
+    BOMB_HINT,
+    CHUNK,
+    CORRUPT_ERRORS,
+    HOSTILE_HINT,
+    HashingReader,
+    decompressed,
+    open_blob,
+    open_tar,
+)
+from engine.images.tarstream import MAX_META_BYTES as MAX_META_BYTES  # still importable from here
 
 __all__ = ["LayerStats", "apply_layer"]
 
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
 MAX_DEPTH = 256
-MAX_META_BYTES = 1 << 20
-"""Largest pax or GNU long-name header accepted, in bytes (tarfile buffers them whole)."""
 
-_CHUNK = 1 << 20
 _WH = ".wh."
 _WH_META = ".wh..wh."
 _OPAQUE = ".wh..wh..opq"
-_XATTR = "SCHILY.xattr."
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_META_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
-               tarfile.SOLARIS_XHDTYPE)  # fmt: skip
-_XATTR_SKIP = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.EINVAL, errno.ERANGE, errno.E2BIG)
-_CORRUPT = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, RecursionError)
-_HOSTILE_HINT = "the image is malformed or malicious: do not use it"
-_BOMB_HINT = "the layer looks like a decompression bomb; if the image is genuine, raise the limit"
 
 
 class LayerStats(BaseModel):
@@ -119,19 +125,19 @@ def apply_layer(
     """
     if compression not in ("gzip", "zstd", None):
         raise ImageError(f"unknown layer compression {compression!r}", hint="use 'gzip', 'zstd' or None")
-    root_fd = _open_target(target)
+    root_fd = open_target(target)
     applier = _Applier(root_fd, privileged=os.geteuid() == 0 if privileged is None else privileged,
                        max_bytes=max_bytes, max_entries=max_entries)  # fmt: skip
     try:
-        with _open_blob(blob) as fh, _decompressed(fh, compression) as raw:
-            reader = _HashingReader(raw, max_bytes)
-            with tarfile.open(None, "r|", reader, tarinfo=_BoundedTarInfo, encoding="utf-8") as tar:
+        with open_blob(blob) as fh, decompressed(fh, compression) as raw:
+            reader = HashingReader(raw, max_bytes)
+            with open_tar(reader) as tar:
                 applier.run(tar)
             reader.drain()  # the padding after end-of-archive is part of the diff_id
             applier.finish()
     except ImageError as exc:
         raise type(exc)(f"layer {blob.name}: {exc.message}", hint=exc.hint) from exc
-    except _CORRUPT as exc:
+    except CORRUPT_ERRORS as exc:
         raise ImageError(f"layer {blob.name} is not a valid {compression or 'plain'} tar stream: {exc}",
                          hint="the blob is corrupt or truncated; pull the image again") from exc  # fmt: skip
     except OSError as exc:
@@ -141,136 +147,6 @@ def apply_layer(
         applier.close()
         os.close(root_fd)
     return applier.stats(reader.digest())
-
-
-class _Readable(Protocol):
-    def read(self, size: int, /) -> bytes: ...
-
-
-def _open_blob(blob: Path) -> IO[bytes]:
-    try:
-        return open(blob, "rb")
-    except OSError as exc:
-        raise ImageError(f"cannot read the blob {blob}: {exc.strerror or exc}", hint="pull the image again") from exc
-
-
-@contextmanager
-def _decompressed(fh: IO[bytes], compression: str | None) -> Iterator[_Readable]:
-    if compression == "gzip":
-        with gzip.GzipFile(fileobj=fh, mode="rb") as gz:
-            yield gz
-    elif compression == "zstd":
-        # read_across_frames: layers may be several frames (pzstd, zstd:chunked)
-        with zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True, closefd=False) as zr:
-            yield zr
-    else:
-        yield fh
-
-
-def _open_target(target: Path) -> int:
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.mkdir(target, 0o700)
-            created = True
-        except FileExistsError:
-            created = False
-        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        if created:
-            os.fchmod(fd, 0o700)  # exact, whatever the umask
-        return fd
-    except OSError as exc:
-        raise ImageError(f"cannot use {target} as a layer target: {exc.strerror or exc}",
-                         hint="pass a directory path msb can create and write") from exc  # fmt: skip
-
-
-class _HashingReader:
-    """The uncompressed layer as tarfile reads it: hashed (the diff_id), capped at ``limit`` bytes."""
-
-    def __init__(self, raw: _Readable, limit: int) -> None:
-        self._raw = raw
-        self._limit = limit
-        self._sha = hashlib.sha256()
-        self.total = 0
-
-    def read(self, size: int = -1, /) -> bytes:
-        if size < 0:
-            return b"".join(iter(lambda: self.read(_CHUNK), b""))
-        data = self._raw.read(size)
-        self.total += len(data)
-        if self.total > self._limit:
-            raise HostileLayerError(f"unpacks to more than {self._limit} bytes", hint=_BOMB_HINT)
-        self._sha.update(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
-
-    def digest(self) -> str:
-        return "sha256:" + self._sha.hexdigest()
-
-    def write(self, b: bytes, /) -> int:
-        raise OSError(errno.EBADF, "the layer stream is read-only")
-
-    def tell(self) -> int:
-        return self.total
-
-    def seek(self, pos: int, /) -> int:
-        raise OSError(errno.ESPIPE, "the layer stream cannot seek")
-
-    def close(self) -> None:
-        pass
-
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """Refuses oversized headers and sparse maps before tarfile buffers them in memory."""
-
-    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in _META_TYPES and self.size > MAX_META_BYTES:
-            raise HostileLayerError(f"has a {self.size}-byte tar extension header (limit {MAX_META_BYTES})",
-                                    hint=_HOSTILE_HINT)  # fmt: skip
-        if self.type == tarfile.GNUTYPE_SPARSE:
-            self._proc_sparse_map()
-        member: tarfile.TarInfo = super()._proc_member(tar)  # type: ignore[misc]
-        return member
-
-    def _proc_sparse_map(self, *_: object) -> None:
-        raise ImageError("holds a sparse file, which msb does not apply",
-                         hint="rebuild the image without sparse files (tar --sparse)")  # fmt: skip
-
-    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_sparse_map
-
-
-class _Ref:
-    """Something to set metadata on: an open fd, or ``name`` in ``dir_fd`` (never followed)."""
-
-    def __init__(self, fd: int | None = None, *, dir_fd: int = -1, name: str = "") -> None:
-        self.fd, self.dir_fd, self.name = fd, dir_fd, name
-
-    def chown(self, uid: int, gid: int) -> None:
-        if self.fd is not None:
-            os.chown(self.fd, uid, gid)
-        else:
-            os.chown(self.name, uid, gid, dir_fd=self.dir_fd, follow_symlinks=False)
-
-    def chmod(self, mode: int) -> None:
-        if self.fd is not None:
-            os.chmod(self.fd, mode)
-        else:
-            os.chmod(self.name, mode, dir_fd=self.dir_fd, follow_symlinks=False)
-
-    def setxattr(self, key: str, value: bytes) -> None:
-        if self.fd is not None:
-            os.setxattr(self.fd, key, value)
-        else:  # no *at() form: the /proc link pins the directory, the last name is not followed
-            os.setxattr(f"/proc/self/fd/{self.dir_fd}/{self.name}", key, value, follow_symlinks=False)
-
-    def utime(self, ns: int) -> None:
-        if self.fd is not None:
-            os.utime(self.fd, ns=(ns, ns))
-        else:
-            os.utime(self.name, ns=(ns, ns), dir_fd=self.dir_fd, follow_symlinks=False)
 
 
 class _Applier:
@@ -295,7 +171,7 @@ class _Applier:
             tar.members.clear()  # type: ignore[attr-defined]  # streaming: else it grows to millions
             self.entries += 1
             if self.entries > self.max_entries:
-                raise HostileLayerError(f"has more than {self.max_entries} entries", hint=_BOMB_HINT)
+                raise HostileLayerError(f"has more than {self.max_entries} entries", hint=BOMB_HINT)
             try:
                 self._entry(tar, ti)
             except gzip.BadGzipFile:
@@ -304,13 +180,13 @@ class _Applier:
                 raise ImageError(f"could not apply {ti.name!r}: {exc.strerror or exc}",
                                  hint="check free space, quotas and permissions under the target") from exc  # fmt: skip
             except (ValueError, OverflowError) as exc:
-                raise ImageError(f"entry {ti.name!r} is malformed: {exc}", hint=_HOSTILE_HINT) from exc
+                raise ImageError(f"entry {ti.name!r} is malformed: {exc}", hint=HOSTILE_HINT) from exc
 
     def _entry(self, tar: tarfile.TarFile, ti: tarfile.TarInfo) -> None:
         parts = _split(ti.name, ti.name)
         if not parts:
             if not ti.isdir():
-                raise HostileLayerError(f"entry {ti.name!r} would replace the root directory", hint=_HOSTILE_HINT)
+                raise HostileLayerError(f"entry {ti.name!r} would replace the root directory", hint=HOSTILE_HINT)
             return  # the root keeps its 0700 (module docstring)
         if parts[0].startswith(_WH_META) and parts != (_OPAQUE,):
             return  # AUFS bookkeeping (/.wh..wh.plnk/…): never applied
@@ -329,10 +205,10 @@ class _Applier:
         if ti.islnk():
             self._hardlink(ti, pfd, name, parts)
             return
-        old = _lstat(pfd, name)
+        old = lstat(pfd, name)
         merge = ti.isdir() and old is not None and stat.S_ISDIR(old.st_mode)
         if old is not None and not merge:
-            _remove(pfd, name, old)
+            remove(pfd, name, old)
         if ti.isreg():
             self._file(tar, ti, pfd, name)
         elif ti.isdir():
@@ -345,61 +221,61 @@ class _Applier:
     def _file(self, tar: tarfile.TarFile, ti: tarfile.TarInfo, pfd: int, name: str) -> None:
         if self.bytes + ti.size > self.max_bytes:
             raise HostileLayerError(f"files unpack to more than {self.max_bytes} bytes (at {ti.name!r})",
-                                    hint=_BOMB_HINT)  # fmt: skip
+                                    hint=BOMB_HINT)  # fmt: skip
         src = tar.extractfile(ti)
         if src is None:
-            raise ImageError(f"entry {ti.name!r} has no data", hint=_HOSTILE_HINT)
-        fd = os.open(name, _NEW_FILE, 0o600, dir_fd=pfd)
+            raise ImageError(f"entry {ti.name!r} has no data", hint=HOSTILE_HINT)
+        fd = os.open(name, NEW_FILE_FLAGS, 0o600, dir_fd=pfd)
         try:
-            while chunk := src.read(_CHUNK):
+            while chunk := src.read(CHUNK):
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view) :]
                 self.bytes += len(chunk)
-            self._meta(ti, _Ref(fd))
+            self._meta(ti, Ref(fd))
         finally:
             os.close(fd)
 
     def _dir(self, ti: tarfile.TarInfo, pfd: int, name: str, parts: tuple[str, ...], merge: bool) -> None:
         if not merge:
             os.mkdir(name, 0o700, dir_fd=pfd)
-        fd = os.open(name, _DIR, dir_fd=pfd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=pfd)
         try:
-            self._owner(ti, _Ref(fd))
-            self._xattrs(ti, _Ref(fd))
-            self.dirs[parts] = (os.fstat(fd).st_ino, ti.mode & 0o7777, _ns(ti.mtime))
+            self._owner(ti, Ref(fd))
+            self._xattrs(ti, Ref(fd))
+            self.dirs[parts] = (os.fstat(fd).st_ino, ti.mode & 0o7777, mtime_ns(ti.mtime))
         finally:
             os.close(fd)
 
     def _symlink(self, ti: tarfile.TarInfo, pfd: int, name: str) -> None:
         if "\0" in ti.linkname or len(os.fsencode(ti.linkname)) >= MAX_PATH_BYTES:
-            raise HostileLayerError(f"symlink {ti.name!r} has a NUL byte or is too long", hint=_HOSTILE_HINT)
+            raise HostileLayerError(f"symlink {ti.name!r} has a NUL byte or is too long", hint=HOSTILE_HINT)
         os.symlink(ti.linkname, name, dir_fd=pfd)
-        self._meta(ti, _Ref(dir_fd=pfd, name=name), chmod=False)  # Linux has no symlink modes
+        self._meta(ti, Ref(dir_fd=pfd, name=name), chmod=False)  # Linux has no symlink modes
 
     def _node(self, ti: tarfile.TarInfo, pfd: int, name: str) -> None:
         kind = stat.S_IFIFO if ti.isfifo() else stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
         os.mknod(name, kind | 0o600, os.makedev(ti.devmajor, ti.devminor) if ti.isdev() else 0, dir_fd=pfd)
-        self._meta(ti, _Ref(dir_fd=pfd, name=name))
+        self._meta(ti, Ref(dir_fd=pfd, name=name))
 
     def _hardlink(self, ti: tarfile.TarInfo, pfd: int, name: str, parts: tuple[str, ...]) -> None:
         src = _split(ti.linkname, ti.name)
         missing = HostileLayerError(f"hard link {ti.name!r} points at {ti.linkname!r}, which is not in the layers "
-                                    "so far", hint=_HOSTILE_HINT)  # fmt: skip
-        sfd = self._walk(src[:-1], ti.name) if src else None
+                                    "so far", hint=HOSTILE_HINT)  # fmt: skip
+        sfd = walk(self.root_fd, src[:-1], ti.name) if src else None
         if sfd is None:
             raise missing
         try:
-            st = _lstat(sfd, src[-1])
+            st = lstat(sfd, src[-1])
             if st is None:
                 raise missing
             if stat.S_ISDIR(st.st_mode):
-                raise HostileLayerError(f"hard link {ti.name!r} points at a directory", hint=_HOSTILE_HINT)
+                raise HostileLayerError(f"hard link {ti.name!r} points at a directory", hint=HOSTILE_HINT)
             if src == parts:
                 return
-            old = _lstat(pfd, name)
+            old = lstat(pfd, name)
             if old is not None:
-                _remove(pfd, name, old)
+                remove(pfd, name, old)
             os.link(src[-1], name, src_dir_fd=sfd, dst_dir_fd=pfd, follow_symlinks=False)
         finally:
             os.close(sfd)
@@ -410,10 +286,10 @@ class _Applier:
             return  # other AUFS markers: never applied
         victim = None if base == _OPAQUE else base[len(_WH) :]
         if victim in ("", ".", ".."):
-            raise HostileLayerError(f"whiteout {entry!r} names no file", hint=_HOSTILE_HINT)
+            raise HostileLayerError(f"whiteout {entry!r} names no file", hint=HOSTILE_HINT)
         self.whiteouts += 1
         self._drop_cache()  # the cached parent could be inside what goes away
-        pfd = self._walk(where, entry)
+        pfd = walk(self.root_fd, where, entry)
         if pfd is None:
             return
         try:
@@ -424,54 +300,33 @@ class _Applier:
 
     def _remove_lower(self, pfd: int, name: str, parts: tuple[str, ...]) -> None:
         """Remove ``name`` and what is under it, keeping what this layer wrote."""
-        st = _lstat(pfd, name)
+        st = lstat(pfd, name)
         if st is None:
             return
         if "/".join(parts) not in self.ours:
-            _remove(pfd, name, st)
+            remove(pfd, name, st)
         elif stat.S_ISDIR(st.st_mode):
-            fd = os.open(name, _DIR, dir_fd=pfd)
+            fd = os.open(name, DIR_FLAGS, dir_fd=pfd)
             try:
                 for child in os.listdir(fd):
                     self._remove_lower(fd, child, (*parts, child))
             finally:
                 os.close(fd)
 
-    def _meta(self, ti: tarfile.TarInfo, ref: _Ref, *, chmod: bool = True) -> None:
+    def _meta(self, ti: tarfile.TarInfo, ref: Ref, *, chmod: bool = True) -> None:
         # owner first: chown clears setuid/setgid bits and file capabilities
         self._owner(ti, ref)
         self._xattrs(ti, ref)
         if chmod:
             ref.chmod(ti.mode & 0o7777)
-        ref.utime(_ns(ti.mtime))
+        ref.utime(mtime_ns(ti.mtime))
 
-    def _owner(self, ti: tarfile.TarInfo, ref: _Ref) -> None:
-        if self.privileged:
-            try:
-                ref.chown(ti.uid, ti.gid)
-                return
-            except OSError as exc:  # a user namespace without that id mapped
-                if exc.errno not in (errno.EPERM, errno.EINVAL):
-                    raise
-        if (ti.uid, ti.gid) != self.me:
+    def _owner(self, ti: tarfile.TarInfo, ref: Ref) -> None:
+        if set_owner(ref, ti.uid, ti.gid, privileged=self.privileged, me=self.me):
             self.skipped_owners += 1
 
-    def _xattrs(self, ti: tarfile.TarInfo, ref: _Ref) -> None:
-        for key, value in ti.pax_headers.items():
-            if not key.startswith(_XATTR):
-                continue
-            name = key[len(_XATTR) :]
-            if name.startswith("trusted.overlay."):  # would steer an overlayfs mount of this tree
-                self.skipped_xattrs += 1
-                continue
-            try:
-                ref.setxattr(name, value.encode("utf-8", "surrogateescape"))  # tarfile decoded the raw bytes
-            except ValueError:
-                self.skipped_xattrs += 1
-            except OSError as exc:
-                if exc.errno not in _XATTR_SKIP:
-                    raise
-                self.skipped_xattrs += 1
+    def _xattrs(self, ti: tarfile.TarInfo, ref: Ref) -> None:
+        self.skipped_xattrs += set_xattrs(ref, ti.pax_headers)
 
     def _mark(self, parts: tuple[str, ...]) -> None:
         self.ours.add("/".join(parts))
@@ -486,39 +341,9 @@ class _Applier:
         if self._cache is not None and self._cache[0] == parts:
             return self._cache[1]
         self._drop_cache()
-        fd = self._walk(parts, entry, create=True)
+        fd = walk(self.root_fd, parts, entry, create=True)
         assert fd is not None
         self._cache = (parts, fd)
-        return fd
-
-    def _walk(self, parts: tuple[str, ...], entry: str, *, create: bool = False, lenient: bool = False) -> int | None:
-        """Open directory ``parts`` below the root without following symlinks; None if missing.
-
-        Raises:
-            HostileLayerError: a component is a symlink (unless ``lenient``).
-        """
-        fd = os.dup(self.root_fd)
-        for i, part in enumerate(parts):
-            try:
-                st = _lstat(fd, part)
-                if st is None and create:
-                    os.mkdir(part, 0o755, dir_fd=fd)  # a parent the layer did not list: Docker's mode
-                elif st is None or not stat.S_ISDIR(st.st_mode):
-                    if st is None or lenient:
-                        return None
-                    where = "/".join(parts[: i + 1])
-                    if stat.S_ISLNK(st.st_mode):
-                        raise HostileLayerError(f"entry {entry!r} goes through the symlink {where!r}; msb "
-                                                "never follows a layer's symlinks on the host",
-                                                hint=_HOSTILE_HINT)  # fmt: skip
-                    raise ImageError(f"entry {entry!r} needs {where!r} to be a directory, but it is not one",
-                                     hint=_HOSTILE_HINT)  # fmt: skip
-                nxt = os.open(part, _DIR, dir_fd=fd)
-                if st is None:
-                    os.fchmod(nxt, 0o755)  # exact, whatever the umask
-            finally:
-                os.close(fd)
-            fd = nxt
         return fd
 
     def finish(self) -> None:
@@ -526,7 +351,7 @@ class _Applier:
         self._drop_cache()
         for parts in sorted(self.dirs, key=len, reverse=True):
             ino, mode, ns = self.dirs[parts]
-            fd = self._walk(parts, "/".join(parts), lenient=True)
+            fd = walk(self.root_fd, parts, "/".join(parts), lenient=True)
             if fd is None:
                 continue
             try:
@@ -556,33 +381,14 @@ def _split(name: str, entry: str) -> tuple[str, ...]:
         HostileLayerError: a ``..`` component, a NUL byte, or over the name, path or depth limits.
     """
     if "\0" in name:
-        raise HostileLayerError(f"entry {entry!r} has a NUL byte in a path", hint=_HOSTILE_HINT)
+        raise HostileLayerError(f"entry {entry!r} has a NUL byte in a path", hint=HOSTILE_HINT)
     if len(os.fsencode(name)) > MAX_PATH_BYTES:
-        raise HostileLayerError(f"entry {entry[:64]!r}… has a path over {MAX_PATH_BYTES} bytes", hint=_HOSTILE_HINT)
+        raise HostileLayerError(f"entry {entry[:64]!r}… has a path over {MAX_PATH_BYTES} bytes", hint=HOSTILE_HINT)
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
     if ".." in parts:
         raise HostileLayerError(f"entry {entry!r} has a '..' in {name!r}: it would land outside the root",
-                                hint=_HOSTILE_HINT)  # fmt: skip
+                                hint=HOSTILE_HINT)  # fmt: skip
     if len(parts) > MAX_DEPTH or any(len(os.fsencode(p)) > MAX_NAME_BYTES for p in parts):
         raise HostileLayerError(f"entry {entry[:64]!r}… is over {MAX_DEPTH} levels deep or has a name over "
-                                f"{MAX_NAME_BYTES} bytes", hint=_HOSTILE_HINT)  # fmt: skip
+                                f"{MAX_NAME_BYTES} bytes", hint=HOSTILE_HINT)  # fmt: skip
     return parts
-
-
-def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
-def _remove(dir_fd: int, name: str, st: os.stat_result) -> None:
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=dir_fd)  # the fd-based variant: never follows symlinks
-    else:
-        os.unlink(name, dir_fd=dir_fd)
-
-
-def _ns(mtime: float) -> int:
-    ns = mtime * 1_000_000_000 if isinstance(mtime, int) else int(mtime * 1e9)
-    return max(-(1 << 63), min(ns, (1 << 63) - 1))

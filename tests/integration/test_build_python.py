@@ -79,3 +79,32 @@ def test_python_image(tmp_path: Path) -> None:
     got = chroot_run(tree, "/usr/bin/python3", "-c", "import pip, ssl, venv, sqlite3; print(pip.__version__)")
     assert got.strip()
     assert "pip" in chroot_run(tree, "/usr/bin/python3", "-m", "pip", "--version")
+    boot_python_image(out, tmp_path)
+
+
+def boot_python_image(layout: Path, tmp_path: Path) -> None:
+    """Store the built image under its SDK name and run Python in a real VM from it."""
+    import asyncio
+
+    from engine.images.archive import import_layout
+    from engine.images.resolve import resolve_root
+    from engine.images.store import ImageStore
+    from engine.sandbox.engine import Engine
+
+    store = ImageStore(tmp_path / "store")
+    [rec] = import_layout(store, layout, name="docker.io/microsandbox/python:latest", source="build")
+    assert rec.ref.short() == "microsandbox/python:latest"
+
+    async def run() -> None:
+        root = await resolve_root("microsandbox/python", store=store, cache_dir=tmp_path / "cache")
+        assert root.defaults.env.get("PYTHONUNBUFFERED") == "1"
+        sb = await Engine().start(root.spec("py-image", memory_mib=512))
+        try:
+            res = await sb.exec(["python3", "-c", "import ssl, sqlite3; print(6 * 7)"], timeout=60)
+            assert (res.exit_code, res.stdout) == (0, b"42\n"), res
+            pip = await sb.exec(["python3", "-m", "pip", "--version"], timeout=60)
+            assert pip.exit_code == 0 and b"pip" in pip.stdout
+        finally:
+            await sb.kill()
+
+    asyncio.run(run())

@@ -17,7 +17,7 @@ import pytest
 import zstandard
 
 from engine.errors import ImageError
-from engine.images import build
+from engine.images import build, busybox
 from engine.images.build import (
     BASE_IMAGES,
     DEFAULT_MIRROR,
@@ -227,11 +227,11 @@ def test_busybox_is_reproducible_and_replaces_an_old_layout(static_busybox: Path
 def test_failure_leaves_no_layout_and_no_temp_dir(
     static_busybox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(_busybox: Path) -> Iterator[build.Entry]:
-        yield build._info("bin", tarfile.DIRTYPE, 0o755, 0), None
+    def broken(_busybox: Path) -> Iterator[busybox.Entry]:
+        yield busybox.tar_info("bin", tarfile.DIRTYPE, 0o755, 0), None
         raise ImageError("stop half-way")
 
-    monkeypatch.setattr(build, "_busybox_entries", broken)
+    monkeypatch.setattr(build, "busybox_entries", broken)
     with pytest.raises(ImageError, match="stop half-way"):
         build_base_image("busybox", tmp_path / "bb")
     assert list(tmp_path.iterdir()) == []

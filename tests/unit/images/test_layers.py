@@ -1,7 +1,5 @@
-"""Applying layer tars: OCI changeset semantics, metadata, and hostile layers that must not escape.
-
-Every hostile case checks two things: ``HostileLayerError`` is raised, and the sentinel directory
-next to the target (``tmp_path/"outside"``) is exactly as it was.
+"""Applying layer tars: what a layer holds, OCI changeset semantics (replacement, whiteouts,
+opaque directories) and metadata. Hostile layers are in ``test_layers_hostile.py``.
 """
 
 from __future__ import annotations
@@ -19,86 +17,21 @@ import pytest
 import zstandard
 
 from engine.errors import HostileLayerError, ImageError
-from engine.images.layers import LayerStats, apply_layer
+from engine.images.layers import apply_layer
 from engine.images.layout import write_layer_tar
-
-MTIME = 1_600_000_000
-Entry = tuple[tarfile.TarInfo, bytes | None]
-
-
-def _info(name: str, kind: bytes, mode: int, **kw: object) -> tarfile.TarInfo:
-    ti = tarfile.TarInfo(name)
-    ti.type, ti.mode, ti.mtime = kind, mode, MTIME
-    for key, value in kw.items():
-        setattr(ti, key, value)
-    return ti
-
-
-def reg(name: str, data: bytes = b"", mode: int = 0o644, **kw: object) -> Entry:
-    return _info(name, tarfile.REGTYPE, mode, size=len(data), **kw), data
-
-
-def dirent(name: str, mode: int = 0o755, **kw: object) -> Entry:
-    return _info(name, tarfile.DIRTYPE, mode, **kw), None
-
-
-def sym(name: str, target: str) -> Entry:
-    return _info(name, tarfile.SYMTYPE, 0o777, linkname=target), None
-
-
-def hard(name: str, target: str) -> Entry:
-    return _info(name, tarfile.LNKTYPE, 0o644, linkname=target), None
-
-
-def node(name: str, kind: bytes, mode: int = 0o600, **kw: object) -> Entry:
-    return _info(name, kind, mode, **kw), None
-
-
-def tar_bytes(entries: list[Entry]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for ti, data in entries:
-            tar.addfile(ti, io.BytesIO(data) if data is not None else None)
-    return buf.getvalue()
-
-
-def compress(raw: bytes, compression: str | None) -> bytes:
-    if compression == "gzip":
-        return gzip.compress(raw)
-    if compression == "zstd":
-        return zstandard.ZstdCompressor().compress(raw)
-    return raw
-
-
-class Layers:
-    """Writes layer blobs under tmp_path and applies them to ``root``, next to ``outside``."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp = tmp_path
-        self.root = tmp_path / "root"
-        self.outside = tmp_path / "outside"
-        self.count = 0
-
-    def blob(self, raw: bytes, compression: str | None = None) -> Path:
-        self.count += 1
-        path = self.tmp / f"layer{self.count}.blob"
-        path.write_bytes(compress(raw, compression))
-        return path
-
-    def apply(self, entries: list[Entry], compression: str | None = None, **kw: object) -> LayerStats:
-        return apply_layer(self.blob(tar_bytes(entries), compression), compression, self.root, **kw)  # type: ignore[arg-type]
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, bytes | str]]:
-    """Every path under ``root`` with its mode and content (file bytes, link target or "dir")."""
-    out: dict[str, tuple[int, bytes | str]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath, name)
-            st = p.lstat()
-            body: bytes | str = os.readlink(p) if p.is_symlink() else "dir" if p.is_dir() else p.read_bytes()
-            out[str(p.relative_to(root))] = (st.st_mode, body)
-    return out
+from tests.unit.images.layer_helpers import (
+    MTIME,
+    Layers,
+    dirent,
+    hard,
+    node,
+    outside_untouched,
+    reg,
+    sym,
+    tar_bytes,
+    tar_info,
+    xattrs_supported,
+)
 
 
 @pytest.fixture
@@ -109,24 +42,8 @@ def layers(tmp_path: Path) -> Layers:
 @pytest.fixture
 def sentinel(layers: Layers) -> Iterator[Layers]:
     """``outside/secret`` and ``outside/etc/passwd`` exist; the test body must leave them be."""
-    (layers.outside / "etc").mkdir(parents=True)
-    (layers.outside / "secret").write_bytes(b"top secret")
-    (layers.outside / "etc" / "passwd").write_bytes(b"root:x:0:0\n")
-    before = snapshot(layers.outside)
-    yield layers
-    assert snapshot(layers.outside) == before
-
-
-def xattrs_supported(path: Path) -> bool:
-    probe = path / "xattr-probe"
-    probe.write_bytes(b"")
-    try:
-        os.setxattr(probe, "user.probe", b"1")
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.unlink()
+    with outside_untouched(layers):
+        yield layers
 
 
 # --- what a layer holds ---------------------------------------------------------------------------
@@ -231,6 +148,11 @@ def test_unknown_compression(layers: Layers) -> None:
         apply_layer(layers.blob(b""), "bzip2", layers.root)
 
 
+def test_missing_blob(layers: Layers) -> None:
+    with pytest.raises(ImageError, match="cannot read the blob"):
+        apply_layer(layers.tmp / "nope", None, layers.root)
+
+
 # --- replacing what lower layers made ---------------------------------------------------------------
 
 
@@ -257,13 +179,6 @@ def test_entries_replace_and_directories_merge(layers: Layers) -> None:
     assert os.readlink(root / "s") == "elsewhere"
     assert os.readlink(root / "f") == "x/y"
     assert not (root / "l").is_symlink() and (root / "l").read_bytes() == b"a file now"
-
-
-def test_file_onto_a_symlink_replaces_it_instead_of_writing_through(sentinel: Layers) -> None:
-    sentinel.apply([dirent("etc"), sym("etc/passwd", str(sentinel.outside / "etc" / "passwd"))])
-    sentinel.apply([reg("etc/passwd", b"root:x:0:0:pwned\n")])
-    assert not (sentinel.root / "etc" / "passwd").is_symlink()
-    assert (sentinel.root / "etc" / "passwd").read_bytes() == b"root:x:0:0:pwned\n"
 
 
 def test_whiteout_removes_a_file_and_a_tree(layers: Layers) -> None:
@@ -336,7 +251,7 @@ def test_owners_when_privileged(layers: Layers) -> None:
     stats = layers.apply([
         dirent("home", uid=1000, gid=1000),
         reg("home/suid", b"x", 0o6755, uid=1234, gid=5678),
-        (_info("home/link", tarfile.SYMTYPE, 0o777, linkname="suid", uid=77, gid=78), None),
+        (tar_info("home/link", tarfile.SYMTYPE, 0o777, linkname="suid", uid=77, gid=78), None),
         node("dev/null", tarfile.CHRTYPE, 0o666, devmajor=1, devminor=3),
         node("dev/loop0", tarfile.BLKTYPE, 0o660, devmajor=7, devminor=0, gid=6),
     ])  # fmt: skip
@@ -364,172 +279,3 @@ def test_unprivileged_skips_owners(layers: Layers) -> None:
     assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())
     assert stat.S_IMODE(st.st_mode) == 0o4755
     assert stats.skipped_owners == 2
-
-
-# --- hostile layers: each raises HostileLayerError and leaves `outside` alone --------------------------
-
-
-@pytest.mark.parametrize(
-    "name",
-    ["../outside/pwn", "/../outside/pwn", "a/../../outside/pwn", "./../outside/secret", "a/b/../../../outside/x"],
-)
-def test_dotdot_names_are_refused(sentinel: Layers, name: str) -> None:
-    with pytest.raises(HostileLayerError, match=r"'\.\.'"):
-        sentinel.apply([reg(name, b"pwned")])
-
-
-def test_dotdot_in_a_directory_name(sentinel: Layers) -> None:
-    with pytest.raises(HostileLayerError):
-        sentinel.apply([dirent("../outside/newdir")])
-    assert not (sentinel.outside / "newdir").exists()
-
-
-def test_directory_onto_a_symlink_replaces_it_instead_of_merging_through(sentinel: Layers) -> None:
-    sentinel.apply([sym("etc", str(sentinel.outside / "etc"))])
-    sentinel.apply([dirent("etc", 0o777), reg("etc/hosts", b"inside")])
-    assert not (sentinel.root / "etc").is_symlink()
-    assert sorted(p.name for p in (sentinel.root / "etc").iterdir()) == ["hosts"]
-
-
-def test_relative_symlink_then_write_through_it(sentinel: Layers) -> None:
-    with pytest.raises(HostileLayerError, match="symlink 'a'"):
-        sentinel.apply([sym("a", "../outside"), reg("a/pwn", b"pwned")])
-    assert os.readlink(sentinel.root / "a") == "../outside"  # the symlink itself is fine
-
-
-def test_absolute_symlink_then_write_through_it(sentinel: Layers) -> None:
-    with pytest.raises(HostileLayerError):
-        sentinel.apply([sym("etc", str(sentinel.outside / "etc")), reg("etc/passwd", b"pwned")])
-
-
-def test_symlink_from_a_lower_layer_then_write_through_it(sentinel: Layers) -> None:
-    sentinel.apply([sym("a", "../../outside")])
-    with pytest.raises(HostileLayerError):
-        sentinel.apply([dirent("a/newdir")])
-
-
-def test_symlink_deep_in_the_path(sentinel: Layers) -> None:
-    with pytest.raises(HostileLayerError, match="'x/y/z'"):
-        sentinel.apply([dirent("x"), dirent("x/y"), sym("x/y/z", "../../../../outside"), reg("x/y/z/etc/pwn", b"!")])
-
-
-def test_whiteout_through_a_symlink(sentinel: Layers) -> None:
-    sentinel.apply([sym("a", "../outside")])
-    with pytest.raises(HostileLayerError):
-        sentinel.apply([reg("a/.wh.secret")])
-
-
-def test_opaque_through_a_symlink(sentinel: Layers) -> None:
-    sentinel.apply([sym("a", str(sentinel.outside))])
-    with pytest.raises(HostileLayerError):
-        sentinel.apply([reg("a/.wh..wh..opq")])
-
-
-def test_whiteout_of_dotdot(sentinel: Layers) -> None:
-    with pytest.raises(HostileLayerError):
-        sentinel.apply([reg(".wh..."), reg("a/.wh..")])
-    assert sentinel.root.is_dir()
-
-
-def test_hardlink_outside(sentinel: Layers) -> None:
-    with pytest.raises(HostileLayerError):
-        sentinel.apply([hard("stolen", "../outside/secret")])
-    assert not (sentinel.root / "stolen").exists()
-
-
-def test_hardlink_absolute_stays_inside(sentinel: Layers) -> None:
-    with pytest.raises(HostileLayerError, match="not in the layers"):
-        sentinel.apply([hard("stolen", str(sentinel.outside / "secret"))])
-
-
-def test_hardlink_through_a_symlinked_dir(sentinel: Layers) -> None:
-    with pytest.raises(HostileLayerError, match="symlink 'lnk'"):
-        sentinel.apply([sym("lnk", "../outside"), hard("stolen", "lnk/secret")])
-    assert not (sentinel.root / "stolen").exists()
-
-
-def test_hardlink_to_a_symlink_links_the_symlink_itself(sentinel: Layers) -> None:
-    sentinel.apply([sym("lnk", str(sentinel.outside / "secret")), hard("twin", "lnk")])
-    assert os.readlink(sentinel.root / "twin") == str(sentinel.outside / "secret")
-    assert (sentinel.root / "twin").lstat().st_ino == (sentinel.root / "lnk").lstat().st_ino
-
-
-def test_hardlink_to_something_not_there_yet(sentinel: Layers) -> None:
-    with pytest.raises(HostileLayerError, match="not in the layers"):
-        sentinel.apply([hard("early", "late"), reg("late", b"x")])
-
-
-def test_device_node_unprivileged(sentinel: Layers) -> None:
-    with pytest.raises(HostileLayerError, match=r"'dev/sda'.*device node") as info:
-        sentinel.apply([node("dev/sda", tarfile.BLKTYPE, 0o660, devmajor=8, devminor=0)], privileged=False)
-    assert "run as root" in (info.value.hint or "")
-    assert not (sentinel.root / "dev" / "sda").exists()
-
-
-def test_bomb_over_max_bytes(sentinel: Layers) -> None:
-    with pytest.raises(HostileLayerError, match="more than 1048576 bytes"):
-        sentinel.apply([reg("zeros", bytes(8 << 20))], "gzip", max_bytes=1 << 20)
-    assert not (sentinel.root / "zeros").exists() or (sentinel.root / "zeros").stat().st_size <= 1 << 20
-
-
-def test_bomb_in_the_padding_after_the_archive(sentinel: Layers) -> None:
-    blob = sentinel.blob(tar_bytes([reg("f", b"x")]) + bytes(8 << 20), "gzip")
-    with pytest.raises(HostileLayerError, match="more than"):
-        apply_layer(blob, "gzip", sentinel.root, max_bytes=1 << 20)
-
-
-def test_file_size_over_max_bytes_is_refused_before_reading(sentinel: Layers) -> None:
-    ti, _ = reg("huge")
-    ti.size = 1 << 40  # the header alone: the data never comes
-    blob = sentinel.blob(ti.tobuf(tarfile.PAX_FORMAT) + bytes(1024))
-    with pytest.raises(HostileLayerError, match="files unpack to more than"):
-        apply_layer(blob, None, sentinel.root, max_bytes=1 << 20)
-    assert not (sentinel.root / "huge").exists()
-
-
-def test_too_many_entries(sentinel: Layers) -> None:
-    with pytest.raises(HostileLayerError, match="more than 5 entries"):
-        sentinel.apply([reg(f"f{i}", b"") for i in range(10)], max_entries=5)
-    assert len(list(sentinel.root.iterdir())) == 5
-
-
-def test_nul_in_a_name(sentinel: Layers) -> None:
-    ti, data = reg("x", b"pwned")
-    ti.pax_headers = {"path": "ok\0/../../outside/pwn"}
-    with pytest.raises(HostileLayerError, match="NUL"):
-        sentinel.apply([(ti, data)])
-    assert list(sentinel.root.iterdir()) == []
-
-
-def test_component_over_255_bytes(sentinel: Layers) -> None:
-    with pytest.raises(HostileLayerError, match="255"):
-        sentinel.apply([reg("d/" + "n" * 256, b"x")])
-
-
-def test_path_over_4096_bytes(sentinel: Layers) -> None:
-    with pytest.raises(HostileLayerError, match="4096"):
-        sentinel.apply([reg("/".join(["d" * 200] * 21), b"x")])
-
-
-def test_path_too_deep(sentinel: Layers) -> None:
-    with pytest.raises(HostileLayerError, match="levels deep"):
-        sentinel.apply([reg("/".join(["d"] * 300), b"x")])
-
-
-def test_oversized_pax_header(sentinel: Layers) -> None:
-    ti, data = reg("f", b"x")
-    ti.pax_headers = {"comment": "c" * (2 << 20)}
-    with pytest.raises(HostileLayerError, match="extension header"):
-        sentinel.apply([(ti, data)])
-
-
-def test_sparse_file_is_refused(sentinel: Layers) -> None:
-    ti, data = reg("f", b"x")
-    ti.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": str(1 << 40)}
-    with pytest.raises(ImageError, match="sparse"):
-        sentinel.apply([(ti, data)])
-
-
-def test_missing_blob(layers: Layers) -> None:
-    with pytest.raises(ImageError, match="cannot read the blob"):
-        apply_layer(layers.tmp / "nope", None, layers.root)
