@@ -115,11 +115,7 @@ def save(host: str, creds: Credentials) -> Path:
     auths = doc.setdefault("auths", {})
     assert isinstance(auths, dict)
     auths[host] = {"auth": base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()}
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=2)
-    os.replace(tmp, path)
+    _write_private(path, doc)
     return path
 
 
@@ -131,9 +127,14 @@ def forget(host: str) -> bool:
     if not isinstance(auths, dict) or host not in auths:
         return False
     del auths[host]
+    _write_private(path, doc)
+    return True
+
+
+def _write_private(path: Path, doc: dict[str, object]) -> None:
+    """Replace ``path`` atomically with ``doc``, readable by its owner only."""
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f, indent=2)
     os.replace(tmp, path)
-    return True

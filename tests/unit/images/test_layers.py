@@ -10,7 +10,6 @@ import io
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,26 +24,12 @@ from tests.unit.images.layer_helpers import (
     dirent,
     hard,
     node,
-    outside_untouched,
     reg,
     sym,
     tar_bytes,
     tar_info,
     xattrs_supported,
 )
-
-
-@pytest.fixture
-def layers(tmp_path: Path) -> Layers:
-    return Layers(tmp_path)
-
-
-@pytest.fixture
-def sentinel(layers: Layers) -> Iterator[Layers]:
-    """``outside/secret`` and ``outside/etc/passwd`` exist; the test body must leave them be."""
-    with outside_untouched(layers):
-        yield layers
-
 
 # --- what a layer holds ---------------------------------------------------------------------------
 

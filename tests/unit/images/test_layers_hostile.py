@@ -10,27 +10,12 @@ from __future__ import annotations
 
 import os
 import tarfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from engine.errors import HostileLayerError, ImageError
 from engine.images.layers import apply_layer
-from tests.unit.images.layer_helpers import Layers, dirent, hard, node, outside_untouched, reg, sym, tar_bytes
-
-
-@pytest.fixture
-def layers(tmp_path: Path) -> Layers:
-    return Layers(tmp_path)
-
-
-@pytest.fixture
-def sentinel(layers: Layers) -> Iterator[Layers]:
-    """``outside/secret`` and ``outside/etc/passwd`` exist; the test body must leave them be."""
-    with outside_untouched(layers):
-        yield layers
-
+from tests.unit.images.layer_helpers import Layers, dirent, hard, node, reg, sym, tar_bytes
 
 # --- hostile layers: each raises HostileLayerError and leaves `outside` alone --------------------------
 
