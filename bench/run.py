@@ -86,6 +86,13 @@ def render_images(r: dict[str, Any]) -> str:
     for label, v in r["rootfs"].items():
         lines.append(_row(f"rootfs build (layers → tree → ext4), {label} (ms)", f"p50 {v['build_ms']['p50']}", ""))
         lines.append(_row(f"rootfs cache hit, {label} (ms)", f"p50 {v['cache_hit_ms']['p50']}", ""))
+    lines += [
+        "",
+        "Both clients verify every blob's digest; msb fetches up to 4 layers at once. The cached pull "
+        "is one manifest request plus local checks; through the CLI most of the time is Python "
+        "start-up and imports. A rootfs build applies the layers (hostile-input checks, diff_id "
+        "verification) and makes the ext4 image; it happens once per image manifest.",
+    ]
     return "\n".join(lines)
 
 
