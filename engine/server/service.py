@@ -1,0 +1,77 @@
+"""The one interface both front doors (JSON-RPC and MCP) call: :class:`SandboxService`.
+
+:class:`engine.server.manager.SandboxManager` implements it on real VMs;
+:class:`engine.server.fake_service.FakeService` is the in-memory fake for front-end tests.
+Every method raises :class:`~engine.errors.MsbError` subclasses with user-facing messages
+(``NotFoundError`` → "Invalid params: Sandbox 'x' not found", JSON-RPC -32602).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pydantic import BaseModel, Field
+
+from engine.repl.models import CommandResult, ReplResult
+
+
+class SandboxConfig(BaseModel):
+    """``sandbox.start``'s ``config`` (CONTRACTS.md)."""
+
+    image: str | None = None
+    memory: int | None = Field(default=None, ge=64, le=1 << 20)
+    """MiB."""
+    cpus: int | None = Field(default=None, ge=1, le=64)
+    volumes: list[str] = Field(default_factory=list)
+    ports: list[str] = Field(default_factory=list)
+    envs: list[str] = Field(default_factory=list)
+    workdir: str | None = None
+    shell: str | None = None
+    scripts: dict[str, str] = Field(default_factory=dict)
+    exec: str | None = None
+
+
+class SandboxMetrics(BaseModel):
+    namespace: str
+    name: str
+    running: bool
+    cpu_usage: float | None
+    """Percent of one CPU over the last interval."""
+    memory_usage: float | None
+    """MiB."""
+    disk_usage: int | None
+    """Bytes of the writable layer."""
+
+
+class SandboxInfo(BaseModel):
+    namespace: str
+    name: str
+    running: bool
+    image: str | None
+    status: str
+
+
+class SandboxService(Protocol):
+    async def start(self, namespace: str, name: str, config: SandboxConfig | None) -> str:
+        """Start (or keep) a sandbox; returns ``"Sandbox <name> started successfully"``."""
+        ...
+
+    async def stop(self, namespace: str, name: str) -> str:
+        """Returns ``"Sandbox <name> stopped successfully"``."""
+        ...
+
+    async def run_code(self, namespace: str, name: str, language: str, code: str,
+                       timeout: float | None) -> ReplResult: ...  # fmt: skip
+
+    async def run_command(self, namespace: str, name: str, command: str, args: list[str],
+                          timeout: float | None) -> CommandResult: ...  # fmt: skip
+
+    async def metrics(self, namespace: str, name: str | None) -> list[SandboxMetrics]:
+        """``namespace == "*"`` means every namespace."""
+        ...
+
+    async def list(self, namespace: str) -> list[SandboxInfo]: ...
+
+    async def read_file(self, namespace: str, name: str, path: str) -> bytes: ...
+
+    async def write_file(self, namespace: str, name: str, path: str, data: bytes) -> None: ...
