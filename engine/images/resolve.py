@@ -88,9 +88,26 @@ async def resolve_root(
         if ref.name not in OFFLINE_IMAGES or ref.tag != "latest" or isinstance(exc, AuthError):
             raise
         # msb's own base images: build them from Debian packages when no registry has them
-        progress.note(f"{ref.short()} is not in the store and no registry has it; building it offline "
-                      "(`msb image build`)")
-        record = await asyncio.to_thread(build_offline, ref.short().split(":")[0], store, progress.note)
+        # (once: concurrent starts of the same image wait for the first build)
+        async with _build_lock(ref.name):
+            found = store.find(text)
+            if found is not None:
+                return await _finish(found, store, cache_dir, progress)
+            progress.note(f"{ref.short()} is not in the store and no registry has it; building it "
+                          "offline (`msb image build`)")
+            record = await asyncio.to_thread(build_offline, ref.short().split(":")[0], store, progress.note)
+    return await _finish(record, store, cache_dir, progress)
+
+
+_BUILD_LOCKS: dict[tuple[int, str], asyncio.Lock] = {}
+
+
+def _build_lock(name: str) -> asyncio.Lock:
+    """One lock per image name and event loop (asyncio locks belong to a loop)."""
+    return _BUILD_LOCKS.setdefault((id(asyncio.get_running_loop()), name), asyncio.Lock())
+
+
+async def _finish(record: ImageRecord, store: ImageStore, cache_dir: Path, progress: Progress) -> ResolvedRoot:
     built = await asyncio.to_thread(ensure_rootfs, store, record, cache_dir, progress=progress)
     return ResolvedRoot(rootfs=built.tree, root_image=built.image, defaults=built.defaults, record=record,
                         built=built.built)  # fmt: skip

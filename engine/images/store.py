@@ -14,8 +14,10 @@ index, and blob writes are atomic renames.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -95,6 +97,17 @@ class BlobWriter:
         self.part = store.root / "ingest" / (digest.replace(":", "-") + ".part")
         self._hash = hasher(digest)
         self.offset = 0
+        # One writer owns the resumable part file; a concurrent writer of the same blob (another
+        # pull, another process) gets a private file instead of waiting — whoever commits
+        # first wins, the other's rename replaces identical bytes.
+        self._lock_fd = os.open(self.part.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            self.part = self.part.with_name(f"{self.part.stem}.{secrets.token_hex(4)}.part")
+            resume = False
         if resume and self.part.exists():
             with open(self.part, "rb") as f:
                 while chunk := f.read(_CHUNK):
@@ -129,6 +142,11 @@ class BlobWriter:
         self.part.unlink(missing_ok=True)
         self.offset = 0
 
+    def _unlock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
     def commit(self) -> Path:
         """Verify size and digest, then publish the blob atomically.
 
@@ -144,6 +162,7 @@ class BlobWriter:
         got = f"{self.digest.split(':', 1)[0]}:{self._hash.hexdigest()}"
         if self.offset != self.size or got != self.digest:
             self.part.unlink(missing_ok=True)
+            self._unlock()
             raise DigestMismatch(
                 f"blob {self.digest} failed verification (got {self.offset} bytes hashing to {got[:19]}…)",
                 hint="the download was corrupt; it was discarded — pull again",
@@ -152,6 +171,7 @@ class BlobWriter:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self.part, 0o444)
         os.replace(self.part, dest)
+        self._unlock()
         return dest
 
     def __enter__(self) -> BlobWriter:
@@ -161,6 +181,9 @@ class BlobWriter:
         if self._f is not None:  # not committed: keep the partial file for a resume
             self._f.close()
             self._f = None
+            if self._lock_fd < 0:  # a private file cannot be resumed by anyone
+                self.part.unlink(missing_ok=True)
+        self._unlock()
 
 
 class DigestMismatch(ImageError):
