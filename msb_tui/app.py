@@ -60,7 +60,23 @@ class MsbApp(App[None]):
 def main() -> None:
     """Entry point of the ``msb-tui`` console script."""
     parser = argparse.ArgumentParser(prog="msb-tui", description="msb terminal workbench")
-    parser.parse_args()
+    parser.add_argument("--headless", action="store_true",
+                        help="run the engine as a server (same as `msb server start`), no UI")
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--dev", action="store_true", default=None, help="server without authentication")
+    parser.add_argument("--key", default=None, help="server secret (env MSB_SERVER_KEY)")
+    args = parser.parse_args()
+    if args.headless:
+        from engine.errors import MsbError
+        from engine.server.main import serve
+        from engine.server.settings import ServerSettings
+
+        try:
+            serve(ServerSettings.from_env(host=args.host, port=args.port, dev=args.dev, key=args.key))
+        except MsbError as exc:
+            raise SystemExit(f"msb-tui: error: {exc}") from None
+        return
     MsbApp().run()
 
 

@@ -15,6 +15,7 @@ import sys
 import click
 
 from engine.cli.images import register as register_image_commands
+from engine.cli.server import server as server_group
 from engine.errors import ExecError, MsbError
 from engine.vm.accel import TCG_WARNING
 
@@ -119,6 +120,7 @@ async def _exe(image: str, argv: list[str], cpus: int, memory: int, env: dict[st
 
 
 register_image_commands(cli)
+cli.add_command(server_group)
 
 
 def main() -> None:

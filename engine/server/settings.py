@@ -17,7 +17,7 @@ class Limits(BaseModel):
     """Largest request body accepted on /api/v1/rpc and /mcp."""
     max_sandboxes: int = Field(default=16, ge=1)
     """Running sandboxes per server."""
-    max_execs_per_sandbox: int = Field(default=64, ge=1)
+    max_execs_per_sandbox: int = Field(default=128, ge=1)
     """Commands running at once in one sandbox."""
     max_output_bytes: int = Field(default=16 << 20, ge=1024)
     """Output kept per command and stream."""

@@ -1,0 +1,145 @@
+"""Server benchmarks: JSON-RPC overhead over a direct engine exec, REPL round trip, and 100
+concurrent clients against one sandbox.
+
+The server runs as its own process (`msb server start --dev` on 127.0.0.1), like it does for
+real clients; "direct" is this process's engine on an identical sandbox, interleaved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from engine.images.resolve import resolve_root
+from engine.sandbox.engine import Engine
+
+
+def _stats(xs: list[float]) -> dict[str, Any]:
+    xs = sorted(xs)
+    return {"p50": round(statistics.median(xs), 3), "p95": round(xs[int(len(xs) * 0.95) - 1], 3), "n": len(xs)}
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_server(storage: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MSB_STORAGE_PATH": str(storage), "MSB_PORT": str(port), "MSB_LOG_LEVEL": "warning"}
+    log = open(storage / "server.log", "ab")  # noqa: SIM115 - the child owns it
+    return subprocess.Popen([sys.executable, "-m", "engine.cli.main", "server", "start", "--dev"], env=env,
+                            stdout=log, stderr=log)  # fmt: skip
+
+
+async def run(rtt_runs: int = 200, clients: int = 100, per_client: int = 5) -> dict[str, Any]:
+    storage = Path(tempfile.mkdtemp(prefix="msb-bench-server-"))
+    port = _port()
+    proc = _start_server(storage, port)
+    base = f"http://127.0.0.1:{port}"
+    url = f"{base}/api/v1/rpc"
+    out: dict[str, Any] = {}
+    direct_sb = None
+    try:
+        async with httpx.AsyncClient(timeout=600) as http:
+            for _ in range(300):
+                try:
+                    if (await http.get(f"{base}/api/v1/health")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.1)
+
+            async def rpc(method: str, params: dict[str, Any]) -> Any:
+                r = await http.post(url, json={"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
+                doc = r.json()
+                if "error" in doc:
+                    raise RuntimeError(doc["error"])
+                return doc["result"]
+
+            # commands: busybox sandboxes (static binaries: little guest-side noise); the server
+            # runs in its own process, as it does for real clients; "direct" is this process's
+            # engine on an identical sandbox
+            cfg = {"image": "busybox", "memory": 256}
+            await rpc("sandbox.start", {"sandbox": "b", "namespace": "bench", "config": cfg})
+            await rpc("sandbox.start", {"sandbox": "py", "namespace": "bench",
+                                        "config": {"image": "microsandbox/python", "memory": 512}})  # fmt: skip
+            root = await resolve_root("busybox")
+            direct_sb = await Engine().start(root.spec("bench-direct", memory_mib=256))
+            direct, over_http = [], []
+            params = {"sandbox": "b", "namespace": "bench", "command": "true"}
+            for _ in range(20):  # warm up both paths
+                await direct_sb.exec(["true"])
+                await rpc("sandbox.command.run", params)
+            for _ in range(rtt_runs):
+                t0 = time.perf_counter()
+                await direct_sb.exec(["true"])
+                direct.append((time.perf_counter() - t0) * 1000)
+                t0 = time.perf_counter()
+                await rpc("sandbox.command.run", params)
+                over_http.append((time.perf_counter() - t0) * 1000)
+            health = []
+            for _ in range(rtt_runs):
+                t0 = time.perf_counter()
+                await http.get(f"{base}/api/v1/health")
+                health.append((time.perf_counter() - t0) * 1000)
+            out["direct_exec_ms"] = _stats(direct)
+            out["rpc_command_ms"] = _stats(over_http)
+            out["http_health_ms"] = _stats(health)
+            out["rpc_overhead_ms_p50"] = round(statistics.median(over_http) - statistics.median(direct), 3)
+
+            repl = []
+            py = {"sandbox": "py", "namespace": "bench", "language": "python"}
+            await rpc("sandbox.repl.run", {**py, "code": "0"})
+            for _ in range(rtt_runs):
+                t0 = time.perf_counter()
+                res = await rpc("sandbox.repl.run", {**py, "code": "1+1"})
+                repl.append((time.perf_counter() - t0) * 1000)
+                assert res["output"] == [{"stream": "stdout", "text": "2"}], res
+            out["repl_rtt_ms"] = _stats(repl)
+
+        errors = 0
+        done = 0
+
+        async def client(i: int) -> None:
+            nonlocal errors, done
+            async with httpx.AsyncClient(timeout=600) as c:
+                for j in range(per_client):
+                    r = await c.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "sandbox.command.run",
+                                                "params": {"sandbox": "b", "namespace": "bench", "command": "echo",
+                                                           "args": [f"{i}-{j}"]}})  # fmt: skip
+                    doc = r.json()
+                    if "error" in doc or doc["result"]["stdout"] != f"{i}-{j}\n":
+                        errors += 1
+                    done += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(i) for i in range(clients)))
+        wall = time.perf_counter() - t0
+        out["concurrent"] = {"clients": clients, "requests": done, "errors": errors, "wall_s": round(wall, 2),
+                             "throughput_rps": round(done / wall, 1)}  # fmt: skip
+        out["accel"] = direct_sb.accel
+    finally:
+        if direct_sb is not None:
+            await direct_sb.kill()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        shutil.rmtree(storage, ignore_errors=True)
+    return out
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(asyncio.run(run(rtt_runs=30, clients=20, per_client=2)), indent=2))

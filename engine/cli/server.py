@@ -1,0 +1,109 @@
+"""``msb server start|stop|status|keygen``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import click
+import httpx
+
+from engine.errors import MsbError
+from engine.server.settings import ServerSettings
+
+
+@click.group()
+def server() -> None:
+    """Run msb as a server: JSON-RPC at /api/v1/rpc, MCP at /mcp."""
+
+
+@server.command("start")
+@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1; env MSB_HOST).")
+@click.option("--port", type=int, default=None, help="Port (default 5555; env MSB_PORT).")
+@click.option("--dev", is_flag=True, default=None, help="No authentication (loud warning; local development only).")
+@click.option("--key", default=None, envvar="MSB_SERVER_KEY", help="Server secret used to sign API keys.")
+@click.option("--detach", is_flag=True, help="Run in the background; logs go to <state>/server.log.")
+def start(host: str | None, port: int | None, dev: bool | None, key: str | None, detach: bool) -> None:
+    """Start the server (foreground unless --detach)."""
+    from engine.server.main import read_pid, serve
+
+    settings = ServerSettings.from_env(host=host, port=port, dev=dev or None, key=key)
+    running = read_pid(settings)
+    if running is not None:
+        click.echo(f"msb: error: a server already runs (pid {running[0]}, port {running[2]})\n"
+                   "  hint: `msb server stop` first", err=True)  # fmt: skip
+        sys.exit(1)
+    if not detach:
+        try:
+            serve(settings)
+        except MsbError as exc:
+            click.echo(f"msb: error: {exc}", err=True)
+            sys.exit(1)
+        return
+    log_path = settings.storage / "server.log"
+    settings.storage.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(log_path, "ab") as log:
+        subprocess.Popen([sys.executable, "-m", "engine.server.main", settings.model_dump_json()], stdout=log,
+                         stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{settings.url}/api/v1/health", timeout=1).status_code == 200:
+                click.echo(f"msb server running at {settings.url} (logs: {log_path})")
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    click.echo(f"msb: error: the server did not come up in 30 s; see {log_path}", err=True)
+    sys.exit(1)
+
+
+@server.command("stop")
+def stop() -> None:
+    """Stop the background server (its sandboxes are stopped cleanly)."""
+    from engine.server.main import stop_server
+
+    if stop_server(ServerSettings.from_env()):
+        click.echo("msb server stopped")
+    else:
+        click.echo("no msb server is running", err=True)
+        sys.exit(1)
+
+
+@server.command("status")
+def status() -> None:
+    """Is a server running, and is it healthy?"""
+    from engine.server.main import read_pid
+
+    settings = ServerSettings.from_env()
+    found = read_pid(settings)
+    if found is None:
+        click.echo("not running")
+        sys.exit(1)
+    pid, host, port = found
+    url = f"http://{host}:{port}/api/v1/health"
+    try:
+        ok = httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        ok = False
+    click.echo(f"running (pid {pid}) at http://{host}:{port} — {'healthy' if ok else 'NOT answering'}")
+    sys.exit(0 if ok else 1)
+
+
+@server.command("keygen")
+@click.option("--expire", default="24h", show_default=True, help="Lifetime: 30m, 24h, 7d, 2w …")
+@click.option("--namespace", default="*", show_default=True, help="Namespace the key may use (* = all).")
+def keygen(expire: str, namespace: str) -> None:
+    """Print a new API key (msb_…) signed with this server's secret."""
+    from engine.server.auth import make_key, parse_duration
+    from engine.server.main import secret_for
+
+    settings = ServerSettings.from_env()
+    try:
+        secret = secret_for(settings.model_copy(update={"dev": False}))
+        assert secret is not None
+        click.echo(make_key(secret, expire_s=parse_duration(expire), namespace=namespace))
+    except MsbError as exc:
+        click.echo(f"msb: error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,124 @@
+"""Running the server: ``msb server start`` (and ``msb-tui --headless``) end up in :func:`serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from engine.errors import ConfigError
+from engine.server.app import build_app
+from engine.server.auth import load_secret
+from engine.server.manager import SandboxManager
+from engine.server.settings import ServerSettings
+
+log = logging.getLogger("msb.server")
+
+DEV_WARNING = (
+    "\n"
+    "  ┌──────────────────────────────────────────────────────────────────────┐\n"
+    "  │  DEV MODE: authentication is OFF. Anyone who can reach this port can │\n"
+    "  │  run code in your sandboxes. Never expose it beyond 127.0.0.1.        │\n"
+    "  └──────────────────────────────────────────────────────────────────────┘\n"
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; ``extra`` fields kept; no secrets are ever passed in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in ("namespace", "sandbox", "image", "method"):
+            if hasattr(record, key):
+                doc[key] = getattr(record, key)
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def pid_file(settings: ServerSettings) -> Path:
+    return settings.storage / "server.pid"
+
+
+def secret_for(settings: ServerSettings) -> str | None:
+    """The signing secret: ``--key`` / ``MSB_SERVER_KEY``, else ``<state>/server.key`` (made
+    on the first non-dev start). Dev mode needs none."""
+    if settings.key:
+        if len(settings.key) < 16:
+            raise ConfigError("the server key is shorter than 16 characters", hint="use a long random secret")
+        return settings.key
+    return load_secret(settings.storage, create=not settings.dev)
+
+
+def serve(settings: ServerSettings) -> None:
+    """Run the server in the foreground until SIGINT/SIGTERM; sandboxes are stopped on the way out."""
+    configure_logging(settings.log_level)
+    settings.storage.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secret = secret_for(settings)
+    if settings.dev:
+        sys.stderr.write(DEV_WARNING)
+        log.warning("dev mode: authentication disabled")
+    manager = SandboxManager(settings.storage, settings.limits)
+    app = build_app(settings, manager, secret=secret, on_startup=manager.prepare, on_shutdown=manager.shutdown)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            access_log=False, lifespan="on")  # fmt: skip
+    server = uvicorn.Server(config)
+    pid_file(settings).write_text(f"{os.getpid()}\n{settings.host}\n{settings.port}\n")
+    try:
+        log.info("listening on %s", settings.url)
+        asyncio.run(server.serve())
+    finally:
+        pid_file(settings).unlink(missing_ok=True)
+
+
+def read_pid(settings: ServerSettings) -> tuple[int, str, int] | None:
+    """(pid, host, port) of a running server of this storage dir, or None."""
+    try:
+        pid_s, host, port_s = pid_file(settings).read_text().split()
+        pid = int(pid_s)
+        os.kill(pid, 0)
+        return pid, host, int(port_s)
+    except (OSError, ValueError):
+        return None
+
+
+def stop_server(settings: ServerSettings, timeout: float = 30.0) -> bool:
+    found = read_pid(settings)
+    if found is None:
+        return False
+    pid = found[0]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return True
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    return True
+
+
+if __name__ == "__main__":  # used by `msb server start --detach`
+    serve(ServerSettings.model_validate_json(sys.argv[1]))

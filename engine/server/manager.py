@@ -1,0 +1,280 @@
+"""``SandboxManager``: the real :class:`~engine.server.service.SandboxService` — namespaces,
+their Sandboxfiles, and the running sandboxes.
+
+Each namespace is a directory under ``<storage>/namespaces/<ns>/`` holding a ``Sandboxfile``
+and ``.menv/`` (persistent writable layers under ``.menv/sandboxes/<name>``). Sandboxes the
+server starts are persistent: their files survive a crash or restart of the server or the VM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from pathlib import Path
+
+from engine.errors import ConfigError, MsbError, NotFoundError, SandboxStateError
+from engine.images.resolve import resolve_root
+from engine.project.sandboxfile import SandboxEntry, Sandboxfile
+from engine.repl.models import CommandResult, OutputLine, ReplResult
+from engine.repl.pool import ReplPool
+from engine.sandbox.engine import Engine
+from engine.sandbox.sandbox import Sandbox, Status
+from engine.sandbox.spec import NAME_PATTERN
+from engine.server.service import SandboxConfig, SandboxInfo, SandboxMetrics
+from engine.server.settings import Limits
+from engine.vm.accel import TCG_WARNING
+
+log = logging.getLogger(__name__)
+_NAME = re.compile(NAME_PATTERN)
+DEFAULT_MEMORY_MIB = 512
+
+
+class LimitError(MsbError):
+    """A configured server limit was hit."""
+
+    code = -32030
+
+
+def check_name(kind: str, value: str) -> None:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ConfigError(f"Invalid params: {kind} name {value!r} must be 1-63 of [A-Za-z0-9_-], starting "
+                          "with a letter or digit")  # fmt: skip
+
+
+class _Running:
+    def __init__(self, sandbox: Sandbox, image: str | None, limit: int) -> None:
+        self.sandbox = sandbox
+        self.image = image
+        self.repl = ReplPool(sandbox)
+        self.execs = 0
+        self.limit = limit
+
+
+class SandboxManager:
+    """Starts, tracks and stops the server's sandboxes."""
+
+    def __init__(self, storage: Path, limits: Limits | None = None, *, engine: Engine | None = None) -> None:
+        self.root = storage / "namespaces"
+        self.limits = limits or Limits()
+        self.engine = engine or Engine()
+        self._running: dict[tuple[str, str], _Running] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def namespace_dir(self, namespace: str) -> Path:
+        check_name("namespace", namespace)
+        return self.root / namespace
+
+    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def _get(self, namespace: str, name: str) -> _Running:
+        check_name("namespace", namespace)
+        check_name("sandbox", name)
+        run = self._running.get((namespace, name))
+        if run is None:
+            raise NotFoundError(f"Invalid params: Sandbox '{name}' not found",
+                                hint=f"start it first (sandbox.start) in namespace {namespace!r}")  # fmt: skip
+        if run.sandbox.status is not Status.RUNNING:
+            self._running.pop((namespace, name), None)
+            raise SandboxStateError(f"sandbox {name!r} is {run.sandbox.status.value}",
+                                    hint="start it again with sandbox.start")  # fmt: skip
+        return run
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, namespace: str, name: str, config: SandboxConfig | None) -> str:
+        check_name("sandbox", name)
+        ns_dir = self.namespace_dir(namespace)
+        key = (namespace, name)
+        async with self._lock(key):
+            current = self._running.get(key)
+            if current is not None and current.sandbox.status is Status.RUNNING:
+                return f"Sandbox {name} started successfully"
+            entry = self._entry(ns_dir, name, config)
+            if entry.volumes or entry.ports:
+                raise ConfigError("volumes and ports are not supported by the server yet",
+                                  hint="leave `volumes`/`ports` out; copy files in with sandbox_file_write")
+            running = sum(1 for r in self._running.values() if r.sandbox.status is Status.RUNNING)
+            if running >= self.limits.max_sandboxes:
+                raise LimitError(f"this server already runs {self.limits.max_sandboxes} sandboxes (its limit)",
+                                 hint="stop one (sandbox.stop) or raise MSB_MAX_SANDBOXES")  # fmt: skip
+            if not entry.image:
+                raise ConfigError(f"Invalid params: sandbox {name!r} has no image",
+                                  hint="pass config.image, e.g. microsandbox/python")  # fmt: skip
+            root = await resolve_root(entry.image, base_dir=ns_dir)
+            env = {}
+            for item in entry.envs:
+                k, sep, v = item.partition("=")
+                if not sep or not k:
+                    raise ConfigError(f"Invalid params: env {item!r} is not K=V")
+                env[k] = v
+            spec = root.spec(
+                name, env=env, workdir=entry.workdir, cpus=entry.cpus, memory_mib=entry.memory or DEFAULT_MEMORY_MIB,
+                persist_dir=ns_dir / ".menv" / "sandboxes" / name,
+            )  # fmt: skip
+            sandbox = await self.engine.start(spec)
+            self._running[key] = _Running(sandbox, entry.image, self.limits.max_execs_per_sandbox)
+            log.info("sandbox started", extra={"namespace": namespace, "sandbox": name, "image": entry.image})
+            return f"Sandbox {name} started successfully"
+
+    def _entry(self, ns_dir: Path, name: str, config: SandboxConfig | None) -> SandboxEntry:
+        """With ``config.image``: write/update the Sandboxfile entry (comments kept). Without:
+        the entry must already be there."""
+        path = ns_dir / "Sandboxfile"
+        if config is not None and config.image:
+            sbf = Sandboxfile.load(path, create=True)
+            old = sbf.get(name)
+            entry = SandboxEntry(
+                image=config.image, memory=config.memory, cpus=config.cpus, volumes=config.volumes,
+                ports=config.ports, envs=config.envs, workdir=config.workdir, shell=config.shell,
+                scripts=config.scripts, **({} if old is None else old.model_extra or {}),
+            )  # fmt: skip
+            sbf.set_sandbox(name, entry)
+            sbf.save()
+            return entry
+        found = Sandboxfile.load(path, create=True).get(name)
+        if found is None:
+            raise NotFoundError(f"Invalid params: Sandbox '{name}' not found",
+                                hint="pass config.image to define it, or add it to the namespace's Sandboxfile")
+        return found
+
+    async def stop(self, namespace: str, name: str) -> str:
+        run = self._get(namespace, name)
+        async with self._lock((namespace, name)):
+            await run.repl.close()
+            await run.sandbox.stop()
+            self._running.pop((namespace, name), None)
+        return f"Sandbox {name} stopped successfully"
+
+    async def prepare(self) -> None:
+        """Boot assets and the accelerator verdict, once, at server start (logged)."""
+        assets = await self.engine.prepare()
+        if assets.accel.accel == "tcg":
+            log.warning("accelerator: TCG (%s). %s", assets.accel.reason, TCG_WARNING)
+        else:
+            log.info("accelerator: %s", assets.accel.accel)
+
+    async def shutdown(self) -> None:
+        """Stop every sandbox cleanly (server exit)."""
+        runs = list(self._running.values())
+        self._running.clear()
+        await asyncio.gather(*(self._stop_quietly(r) for r in runs))
+
+    @staticmethod
+    async def _stop_quietly(run: _Running) -> None:
+        try:
+            await run.repl.close()
+            await run.sandbox.stop()
+        except Exception:
+            log.exception("stopping a sandbox during shutdown failed")
+
+    # --- work ----------------------------------------------------------------------------
+
+    async def run_code(self, namespace: str, name: str, language: str, code: str,
+                       timeout: float | None) -> ReplResult:  # fmt: skip
+        run = self._get(namespace, name)
+        return await run.repl.run(language, code, timeout)
+
+    async def run_command(self, namespace: str, name: str, command: str, args: list[str],
+                          timeout: float | None) -> CommandResult:  # fmt: skip
+        run = self._get(namespace, name)
+        if run.execs >= run.limit:
+            raise LimitError(f"sandbox {name!r} already runs {run.limit} commands (its limit)",
+                             hint="wait for some to finish or raise MSB_MAX_EXECS_PER_SANDBOX")  # fmt: skip
+        run.execs += 1
+        try:
+            return await collect_command(run.sandbox, command, args, timeout, self.limits.max_output_bytes)
+        finally:
+            run.execs -= 1
+
+    async def metrics(self, namespace: str, name: str | None) -> list[SandboxMetrics]:
+        if namespace != "*":
+            check_name("namespace", namespace)
+        if name is not None:
+            check_name("sandbox", name)
+        keys = self._known(namespace)
+        if name is not None:
+            keys = [k for k in keys if k[1] == name]
+            if not keys:
+                raise NotFoundError(f"Invalid params: Sandbox '{name}' not found")
+        out = []
+        for ns, n in keys:
+            run = self._running.get((ns, n))
+            if run is None or run.sandbox.status is not Status.RUNNING:
+                out.append(SandboxMetrics(namespace=ns, name=n, running=False, cpu_usage=None, memory_usage=None,
+                                          disk_usage=None))  # fmt: skip
+                continue
+            m = await run.sandbox.metrics()
+            out.append(SandboxMetrics(namespace=ns, name=n, running=True, cpu_usage=round(m.cpu_percent, 2),
+                                      memory_usage=round(m.memory_mib, 1), disk_usage=m.disk_bytes))  # fmt: skip
+        return out
+
+    def _known(self, namespace: str) -> list[tuple[str, str]]:
+        """Sandboxes running or defined in a Sandboxfile, of one namespace or all."""
+        keys = {k for k in self._running if namespace in ("*", k[0])}
+        if namespace != "*":
+            dirs = [self.root / namespace]
+        else:
+            dirs = sorted(self.root.iterdir()) if self.root.is_dir() else []
+        for d in dirs:
+            if (d / "Sandboxfile").is_file():
+                try:
+                    keys.update((d.name, n) for n in Sandboxfile.load(d / "Sandboxfile").names())
+                except ConfigError:
+                    log.warning("unreadable Sandboxfile in namespace %s", d.name)
+        return sorted(keys)
+
+    async def list(self, namespace: str) -> list[SandboxInfo]:
+        out = []
+        for ns, n in self._known(namespace):
+            run = self._running.get((ns, n))
+            running = run is not None and run.sandbox.status is Status.RUNNING
+            image = run.image if run else None
+            if image is None:
+                entry = Sandboxfile.load(self.root / ns / "Sandboxfile", create=True).get(n)
+                image = entry.image if entry else None
+            status = run.sandbox.status.value if run else "stopped"
+            out.append(SandboxInfo(namespace=ns, name=n, running=running, image=image, status=status))
+        return out
+
+    async def read_file(self, namespace: str, name: str, path: str) -> bytes:
+        return await self._get(namespace, name).sandbox.read_file(path)
+
+    async def write_file(self, namespace: str, name: str, path: str, data: bytes) -> None:
+        await self._get(namespace, name).sandbox.write_file(path, data)
+
+
+async def collect_command(sandbox: Sandbox, command: str, args: list[str], timeout: float | None,
+                          max_bytes: int) -> CommandResult:  # fmt: skip
+    """Run a command (no shell) and keep its output as lines in arrival order, bounded."""
+    proc = await sandbox.spawn([command, *args], timeout=timeout)
+    lines: list[OutputLine] = []
+    partial = {"stdout": b"", "stderr": b""}
+    whole = {"stdout": bytearray(), "stderr": bytearray()}
+    truncated = False
+    async for chunk in proc:
+        stream = "stderr" if chunk.stream == "stderr" else "stdout"
+        room = max_bytes - len(whole[stream])
+        data = chunk.data[:max(room, 0)]
+        truncated |= len(data) < len(chunk.data)
+        whole[stream] += data
+        buf = partial[stream] + data
+        *done, partial[stream] = buf.split(b"\n")
+        lines.extend(OutputLine(stream=stream, text=ln.decode("utf-8", "replace")) for ln in done)  # type: ignore[arg-type]
+    for stream, rest in partial.items():
+        if rest:
+            lines.append(OutputLine(stream=stream, text=rest.decode("utf-8", "replace")))  # type: ignore[arg-type]
+    status = await proc.wait()
+    exit_code = status.exit_code
+    if status.timed_out:
+        lines.append(OutputLine(stream="stderr", text=f"msb: command timed out after {timeout} s and was killed"))
+    if truncated:
+        lines.append(OutputLine(stream="stderr", text=f"msb: output truncated at {max_bytes} bytes per stream"))
+    return CommandResult(
+        command=command, args=args, exit_code=exit_code, success=exit_code == 0 and not status.timed_out,
+        output=lines, stdout=whole["stdout"].decode("utf-8", "replace"),
+        stderr=whole["stderr"].decode("utf-8", "replace"),
+    )  # fmt: skip

@@ -1,0 +1,173 @@
+"""The real server (a subprocess, `msb server start`) on an ephemeral port, real VMs:
+the SDK flow, MCP through the SDK's own client, concurrency, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engine.client import NodeSandbox, PythonSandbox
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    key: str
+    storage: Path
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+
+    def rpc(self, method: str, params: dict[str, object], timeout: float = 120) -> dict[str, object]:
+        r = httpx.post(f"{self.url}/api/v1/rpc", json={"jsonrpc": "2.0", "method": method, "params": params, "id": 1},
+                       headers={"Authorization": f"Bearer {self.key}"}, timeout=timeout)  # fmt: skip
+        return dict(r.json())
+
+
+def start_server(storage: Path, port: int) -> Server:
+    env = {**os.environ, "MSB_STORAGE_PATH": str(storage), "MSB_PORT": str(port), "MSB_LOG_LEVEL": "info"}
+    msb = [sys.executable, "-m", "engine.cli.main"]
+    key = subprocess.run([*msb, "server", "keygen", "--expire", "1h"], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()  # fmt: skip
+    log = open(storage / "test-server.log", "ab")  # noqa: SIM115 - the process owns it
+    proc = subprocess.Popen([*msb, "server", "start"], env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
+                return Server(url, key, storage, proc, env)
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server did not start: {(storage / 'test-server.log').read_text()[-2000:]}")
+
+
+def stop_server(server: Server) -> None:
+    server.proc.send_signal(signal.SIGTERM)
+    try:
+        server.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path, base_images: None) -> Iterator[Server]:
+    srv = start_server(tmp_path, _free_port())
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+
+
+async def test_sdk_flow_end_to_end(server: Server) -> None:
+    async with PythonSandbox.create(name="sdk-py", server_url=server.url, api_key=server.key) as sb:
+        first = await sb.run("x = 41")
+        assert first.status == "success"
+        second = await sb.run("x + 1")
+        assert await second.output() == "42"
+        err = await sb.run("1 / 0")
+        assert err.has_error() and "ZeroDivisionError" in await err.error()
+        cmd = await sb.command.run("ls", ["-la", "/"])
+        assert cmd.success and "etc" in await cmd.output()
+        assert await sb.metrics.is_running()
+        assert (await sb.metrics.memory() or 0) > 0
+    out = server.rpc("sandbox.metrics.get", {"namespace": "default", "sandbox": "sdk-py"})
+    assert out["result"] == {"sandboxes": [{"namespace": "default", "name": "sdk-py", "running": False,
+                                            "cpu_usage": None, "memory_usage": None, "disk_usage": None}]}  # fmt: skip
+
+
+async def test_node_sdk(server: Server) -> None:
+    async with NodeSandbox.create(name="sdk-node", server_url=server.url, api_key=server.key) as sb:
+        await sb.run("let x = 41")
+        assert await (await sb.run("x + 1")).output() == "42"
+
+
+async def test_mcp_with_the_sdk_client(server: Server) -> None:
+    import httpx2  # the mcp SDK's HTTP client
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = {"Authorization": f"Bearer {server.key}"}
+    async with httpx2.AsyncClient(headers=headers, timeout=300) as http, \
+            streamable_http_client(f"{server.url}/mcp", http_client=http) as streams:  # fmt: skip
+        read, write = streams[0], streams[1]
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            names = {t.name for t in (await session.list_tools()).tools}
+            assert {"sandbox_start", "sandbox_run_code", "sandbox_run_command", "sandbox_stop"} <= names
+            args = {"sandbox": "mcp1", "namespace": "default"}
+            r = await session.call_tool("sandbox_start", {**args, "config": {"image": "microsandbox/python"}})
+            assert not r.is_error, r
+            await session.call_tool("sandbox_run_code", {**args, "language": "python", "code": "y = 6"})
+            r = await session.call_tool("sandbox_run_code", {**args, "language": "python", "code": "y * 7"})
+            assert not r.is_error and "42" in str(r.structured_content)
+            r = await session.call_tool("sandbox_run_command", {**args, "command": "uname", "args": ["-s"]})
+            assert "Linux" in str(r.structured_content)
+            r = await session.call_tool("sandbox_get_metrics", {"namespace": "default", "sandbox": "mcp1"})
+            assert not r.is_error
+            bad = await session.call_tool("sandbox_run_command", {"sandbox": "ghost", "namespace": "default",
+                                                                  "command": "true"})  # fmt: skip
+            assert bad.is_error
+            prompts = await session.list_prompts()
+            assert {p.name for p in prompts.prompts} == {"create_python_sandbox", "create_node_sandbox"}
+            got = await session.get_prompt("create_python_sandbox", {"sandbox_name": "p", "namespace": "default"})
+            assert got.messages
+            r = await session.call_tool("sandbox_stop", args)
+            assert not r.is_error
+
+
+async def test_concurrency_5_sandboxes_x_20_commands(server: Server) -> None:
+    names = [f"conc{i}" for i in range(5)]
+
+    async def one(name: str) -> None:
+        async with PythonSandbox.create(name=name, server_url=server.url, api_key=server.key, image="busybox",
+                                        memory=256) as sb:  # fmt: skip
+            results = await asyncio.gather(*(sb.command.run("sh", ["-c", f"echo {name}-{i}; echo e{i} >&2"])
+                                             for i in range(20)))  # fmt: skip
+            for i, res in enumerate(results):
+                assert res.exit_code == 0
+                assert await res.output() == f"{name}-{i}" and await res.error() == f"e{i}"
+
+    await asyncio.gather(*(one(n) for n in names))
+
+
+async def test_persistent_files_survive_a_server_crash(tmp_path: Path, base_images: None) -> None:
+    port = _free_port()
+    srv = start_server(tmp_path, port)
+    try:
+        r = srv.rpc("sandbox.start", {"sandbox": "keep", "namespace": "default", "config": {"image": "busybox"}})
+        assert "result" in r, r
+        r = srv.rpc("sandbox.command.run", {"sandbox": "keep", "namespace": "default", "command": "sh",
+                                            "args": ["-c", "echo precious > /root/data && sync"]})  # fmt: skip
+        assert r["result"]["exit_code"] == 0, r  # type: ignore[index]
+    finally:
+        srv.proc.kill()  # a crash: no clean stop
+        srv.proc.wait()
+    time.sleep(0.5)  # QEMU dies with its parent (PR_SET_PDEATHSIG)
+    srv = start_server(tmp_path, port)
+    try:
+        r = srv.rpc("sandbox.start", {"sandbox": "keep", "namespace": "default"})  # from the Sandboxfile entry
+        assert "result" in r, r
+        r = srv.rpc("sandbox.command.run", {"sandbox": "keep", "namespace": "default", "command": "cat",
+                                            "args": ["/root/data"]})  # fmt: skip
+        assert r["result"]["stdout"] == "precious\n", r  # type: ignore[index]
+    finally:
+        stop_server(srv)
