@@ -96,7 +96,31 @@ def render_images(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"engine": render_engine, "images": render_images}
+def render_server(r: dict[str, Any]) -> str:
+    c = r["concurrent"]
+    lines = [
+        f"Run {r['measured_at']} on {r['host']['cpus']} CPUs, accelerator **{r['accel']}**. The server runs as "
+        "its own process (`msb server start --dev`, uvicorn with uvloop/httptools) on 127.0.0.1; the client "
+        "is httpx in the bench process; \"direct\" is the bench process's own engine on an identical "
+        "busybox sandbox, runs interleaved.",
+        "",
+        "| measure | result | target |",
+        "|---|---|---|",
+        _row("`true` via direct engine exec (ms)", f"p50 {r['direct_exec_ms']['p50']} / p95 {r['direct_exec_ms']['p95']}",
+             ""),
+        _row("`true` via `sandbox.command.run` over HTTP (ms)",
+             f"p50 {r['rpc_command_ms']['p50']} / p95 {r['rpc_command_ms']['p95']}", ""),
+        _row("RPC overhead (difference of p50s, ms)", r["rpc_overhead_ms_p50"], "≤ 1 ms"),
+        _row("floor: HTTP round trip of `GET /api/v1/health` (ms)", f"p50 {r['http_health_ms']['p50']}", ""),
+        _row("REPL round trip, python `1+1` over HTTP (ms)",
+             f"p50 {r['repl_rtt_ms']['p50']} / p95 {r['repl_rtt_ms']['p95']}", "≤ 3 ms"),
+        _row(f"{c['clients']} concurrent clients × {c['requests'] // c['clients']} commands, one sandbox",
+             f"{c['requests']} requests, {c['errors']} errors, {c['throughput_rps']} req/s", "no errors"),
+    ]
+    return "\n".join(lines)
+
+
+RENDERERS = {"engine": render_engine, "images": render_images, "server": render_server}
 
 
 def write_doc(name: str, section: str) -> None:
@@ -122,6 +146,17 @@ async def _run(which: list[str], quick: bool) -> None:
         (RESULTS / "engine.json").write_text(json.dumps(r, indent=2) + "\n")
         write_doc("engine", render_engine(r))
         print(json.dumps({k: v for k, v in r.items() if k != "kernels"}, indent=2))
+    if "server" in which:
+        import os
+
+        from bench import server
+
+        r = await server.run(rtt_runs=50 if quick else 300, clients=100, per_client=2 if quick else 5)
+        r["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        r["host"] = {"cpus": os.cpu_count()}
+        (RESULTS / "server.json").write_text(json.dumps(r, indent=2) + "\n")
+        write_doc("server", render_server(r))
+        print(json.dumps(r, indent=2))
     if "images" in which:
         import os
 

@@ -121,6 +121,9 @@ class DriverProcess:
             await self._kill_and_drain()
         except MsbError as exc:  # the VM or its channel died
             self.failure = exc
+        except Exception as exc:  # a bug of ours: never leave a run waiting, nor the driver running
+            self.failure = ProtocolError(f"reading the REPL driver failed: {exc!r}")
+            await self._kill_and_drain()
         finally:
             if self._run is not None and not self._run.done.done():
                 self._run.done.set_result(EXITED)

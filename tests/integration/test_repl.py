@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -12,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ConfigError
-from engine.images.resolve import build_offline, resolve_root
-from engine.images.store import ImageStore
+from engine.images.resolve import resolve_root
 from engine.repl.models import ReplResult
 from engine.repl.pool import ReplPool
 from engine.sandbox.engine import Engine
@@ -23,22 +21,8 @@ IMAGES = {"python": "microsandbox/python", "node": "microsandbox/node"}
 ROUND_TRIPS = 50
 
 
-@pytest.fixture(scope="session")
-def repl_images() -> None:
-    """Both images in the default store, built offline (~35 s / ~60 s) only when missing."""
-    store = ImageStore.default()
-    for name in IMAGES.values():
-        if store.find(name) is not None:
-            continue
-        if shutil.which("mmdebstrap") is None:
-            pytest.fail(f"{name} is not in the store and mmdebstrap is missing to build it (scripts/bootstrap.sh)")
-        started = time.monotonic()
-        build_offline(name, store)
-        print(f"built {name} in {time.monotonic() - started:.1f} s")
-
-
 @pytest.fixture
-async def image_sandbox(request: pytest.FixtureRequest, repl_images: None) -> AsyncIterator[Sandbox]:
+async def image_sandbox(request: pytest.FixtureRequest, base_images: None) -> AsyncIterator[Sandbox]:
     root = await resolve_root(IMAGES[request.param])
     sb = await Engine().start(root.spec(f"repl-{request.param}-{os.urandom(3).hex()}", memory_mib=512))
     try:
