@@ -171,3 +171,22 @@ async def test_persistent_files_survive_a_server_crash(tmp_path: Path, base_imag
         assert r["result"]["stdout"] == "precious\n", r  # type: ignore[index]
     finally:
         stop_server(srv)
+
+
+def test_real_server_auth_and_errors(server: Server) -> None:
+    rpc = f"{server.url}/api/v1/rpc"
+    body = {"jsonrpc": "2.0", "id": 1, "method": "sandbox.metrics.get", "params": {"namespace": "*"}}
+    assert httpx.post(rpc, json=body).status_code == 401
+    assert httpx.post(rpc, json=body, headers={"Authorization": "Bearer msb_bad"}).status_code == 401
+    env = {**server.env}
+    other = subprocess.run([sys.executable, "-m", "engine.cli.main", "server", "keygen", "--namespace", "team"],
+                           env=env, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    r = httpx.post(rpc, json={**body, "params": {"namespace": "default"}}, headers={"Authorization": f"Bearer {other}"})
+    assert r.status_code == 403
+    ok = httpx.post(rpc, json=body, headers={"Authorization": f"Bearer {server.key}"})
+    assert ok.status_code == 200 and "sandboxes" in ok.json()["result"]
+    bad = httpx.post(rpc, content=b"{oops", headers={"Authorization": f"Bearer {server.key}"})
+    assert bad.json()["error"]["code"] == -32700
+    ghost = server.rpc("sandbox.command.run", {"sandbox": "ghost", "namespace": "default", "command": "true"})
+    assert ghost["error"]["code"] == -32602  # type: ignore[index]
+    assert httpx.get(f"{server.url}/api/v1/health").json() == {"message": "Service is healthy"}

@@ -1,0 +1,89 @@
+"""SandboxManager on the fake VMM backend: namespaces, Sandboxfile entries, limits, errors."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ConfigError, NotFoundError
+from engine.sandbox.engine import Engine
+from engine.server.manager import LimitError, SandboxManager
+from engine.server.service import SandboxConfig
+from engine.server.settings import Limits
+from engine.vm.fake import FakeBackend
+
+
+@pytest.fixture
+def rootfs(tmp_path: Path) -> Path:
+    d = tmp_path / "rootfs"
+    (d / "etc").mkdir(parents=True)
+    return d
+
+
+def manager(tmp_path: Path, **limits: int) -> SandboxManager:
+    return SandboxManager(tmp_path / "state", Limits(**limits), engine=Engine(backend=FakeBackend(), accel="tcg"))
+
+
+async def test_start_writes_sandboxfile_keeping_comments(tmp_path: Path, rootfs: Path) -> None:
+    m = manager(tmp_path)
+    ns_dir = tmp_path / "state" / "namespaces" / "team"
+    ns_dir.mkdir(parents=True)
+    (ns_dir / "Sandboxfile").write_text("# my notes\nsandboxes:\n  other:\n    image: busybox  # keep me\n")
+    msg = await m.start("team", "s1", SandboxConfig(image=str(rootfs), memory=256, envs=["A=1"]))
+    assert msg == "Sandbox s1 started successfully"
+    text = (ns_dir / "Sandboxfile").read_text()
+    assert "# my notes" in text and "# keep me" in text and "s1:" in text and "A=1" in text
+    assert await m.start("team", "s1", None) == msg  # already running: idempotent
+    res = await m.run_command("team", "s1", "echo", ["hi"], None)
+    assert res.stdout == "hi\n" and res.output[0].text == "hi"
+    await m.stop("team", "s1")
+    assert await m.start("team", "s1", None) == msg  # again, from the Sandboxfile entry
+    await m.shutdown()
+
+
+async def test_unknown_and_invalid(tmp_path: Path, rootfs: Path) -> None:
+    m = manager(tmp_path)
+    with pytest.raises(NotFoundError, match="Invalid params: Sandbox 'ghost' not found"):
+        await m.start("default", "ghost", None)
+    with pytest.raises(NotFoundError):
+        await m.run_command("default", "ghost", "true", [], None)
+    with pytest.raises(ConfigError, match="name"):
+        await m.start("bad/ns", "x", SandboxConfig(image=str(rootfs)))
+    with pytest.raises(ConfigError, match="not supported"):
+        await m.start("default", "v", SandboxConfig(image=str(rootfs), volumes=["/a:/b"]))
+
+
+async def test_sandbox_limit(tmp_path: Path, rootfs: Path) -> None:
+    m = manager(tmp_path, max_sandboxes=1)
+    await m.start("default", "a", SandboxConfig(image=str(rootfs)))
+    with pytest.raises(LimitError, match="MSB_MAX_SANDBOXES"):
+        await m.start("default", "b", SandboxConfig(image=str(rootfs)))
+    await m.stop("default", "a")
+    await m.start("default", "b", SandboxConfig(image=str(rootfs)))
+    await m.shutdown()
+
+
+async def test_exec_limit(tmp_path: Path, rootfs: Path) -> None:
+    m = manager(tmp_path, max_execs_per_sandbox=1)
+    await m.start("default", "a", SandboxConfig(image=str(rootfs)))
+    slow = asyncio.ensure_future(m.run_command("default", "a", "sleep", ["0.5"], None))
+    await asyncio.sleep(0.1)
+    with pytest.raises(LimitError, match="MSB_MAX_EXECS_PER_SANDBOX"):
+        await m.run_command("default", "a", "true", [], None)
+    assert (await slow).exit_code == 0
+    assert (await m.run_command("default", "a", "true", [], None)).success
+    await m.shutdown()
+
+
+async def test_metrics_and_list(tmp_path: Path, rootfs: Path) -> None:
+    m = manager(tmp_path)
+    await m.start("n1", "a", SandboxConfig(image=str(rootfs)))
+    await m.start("n2", "b", SandboxConfig(image=str(rootfs)))
+    await m.stop("n2", "b")
+    every = {(x.namespace, x.name): x for x in await m.metrics("*", None)}
+    assert every[("n1", "a")].running and every[("n1", "a")].memory_usage is not None
+    assert not every[("n2", "b")].running and every[("n2", "b")].cpu_usage is None
+    assert [x.name for x in await m.list("n2")] == ["b"]
+    await m.shutdown()
