@@ -61,8 +61,11 @@ async def run(rtt_runs: int = 200, clients: int = 100, per_client: int = 5) -> d
                 except httpx.HTTPError:
                     await asyncio.sleep(0.1)
 
+            app_ms: list[float] = []
+
             async def rpc(method: str, params: dict[str, Any]) -> Any:
                 r = await http.post(url, json={"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
+                app_ms.append(float(r.headers.get("server-timing", "app;dur=0").split("dur=")[1]))
                 doc = r.json()
                 if "error" in doc:
                     raise RuntimeError(doc["error"])
@@ -81,6 +84,7 @@ async def run(rtt_runs: int = 200, clients: int = 100, per_client: int = 5) -> d
             for _ in range(20):  # warm up both paths
                 await direct_sb.exec(["true"])
                 await rpc("sandbox.command.run", params)
+            app_ms.clear()
             for _ in range(rtt_runs):
                 t0 = time.perf_counter()
                 await direct_sb.exec(["true"])
@@ -96,6 +100,7 @@ async def run(rtt_runs: int = 200, clients: int = 100, per_client: int = 5) -> d
             accel = direct_sb.accel
             out["direct_exec_ms"] = _stats(direct)
             out["rpc_command_ms"] = _stats(over_http)
+            out["rpc_command_server_ms"] = _stats(app_ms)  # Server-Timing: the server's own part
             out["http_health_ms"] = _stats(health)
             out["rpc_overhead_ms_p50"] = round(statistics.median(over_http) - statistics.median(direct), 3)
 

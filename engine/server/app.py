@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -116,9 +117,12 @@ def build_app(
         return JSONResponse(HEALTHY)
 
     async def rpc_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        t0 = time.perf_counter()
         body = await read_body(receive, settings.limits.max_body_bytes)
         status, doc = await rpc.handle(body, service, scope.get("msb.claims"))
-        response = Response(status_code=status) if doc is None else JSONResponse(doc, status_code=status)
+        timing = {"Server-Timing": f"app;dur={(time.perf_counter() - t0) * 1000:.3f}"}
+        response = (Response(status_code=status, headers=timing) if doc is None
+                    else JSONResponse(doc, status_code=status, headers=timing))  # fmt: skip
         await response(scope, receive, send)
 
     @contextlib.asynccontextmanager

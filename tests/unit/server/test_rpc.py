@@ -149,3 +149,9 @@ def test_refuses_to_build_without_secret(tmp_path: Path) -> None:
 
     with pytest.raises(ApiAuthError):
         build_app(ServerSettings(storage=tmp_path), FakeService(), secret=None)
+
+
+async def test_server_timing_header(client: httpx.AsyncClient) -> None:
+    r = await client.post(URL, json=call("sandbox.metrics.get", {"namespace": "*"}))
+    assert r.headers["server-timing"].startswith("app;dur=")
+    assert float(r.headers["server-timing"].split("dur=")[1]) >= 0
