@@ -26,7 +26,7 @@ DEV_WARNING = (
     "\n"
     "  ┌──────────────────────────────────────────────────────────────────────┐\n"
     "  │  DEV MODE: authentication is OFF. Anyone who can reach this port can │\n"
-    "  │  run code in your sandboxes. Never expose it beyond 127.0.0.1.        │\n"
+    "  │  run code in your sandboxes. Never expose it beyond 127.0.0.1.       │\n"
     "  └──────────────────────────────────────────────────────────────────────┘\n"
 )
 
