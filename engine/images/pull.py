@@ -9,12 +9,11 @@ next attempt. The image is named in the store only after every blob is in.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from pydantic import BaseModel
 
-from engine.errors import AuthError, ConfigError, ImageError, RegistryError
+from engine.errors import AuthError, ImageError, RegistryError
 from engine.images.oci import (
     INDEX_TYPES,
     LAYER_COMPRESSION,
@@ -220,12 +219,5 @@ async def ensure_image(
     found = store.find(text)
     if found is not None:
         return found
-    try:
-        parsed = ImageRef.parse(text) if isinstance(ref, str) else ref
-    except ConfigError:
-        raise
+    parsed = ImageRef.parse(text) if isinstance(ref, str) else ref
     return (await pull_image(parsed, store, registry, progress=progress)).record
-
-
-def manifest_json(data: bytes) -> dict[str, object]:
-    return dict(json.loads(data))
