@@ -159,6 +159,7 @@ class Engine:
             upper_image=upper, cpus=spec.cpus, memory_mib=spec.memory_mib, accel=assets.accel.accel,
             run_dir=run_dir, machine=assets.machine,  # type: ignore[arg-type]
             kernel_args=tuple(assets.kernel.boot_args(assets.accel.accel)),
+            volumes=spec.volumes, ports=spec.ports, network=spec.network,
         )  # fmt: skip
         try:
             vm, client, ready, _ = await self._boot(vm_spec, spec.boot_timeout_s)

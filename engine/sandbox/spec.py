@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -13,6 +13,49 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 """Sandbox and namespace names: 1–63 of ``[A-Za-z0-9_-]``, first alphanumeric."""
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+NetScope = Literal["none", "group", "public", "any"]
+"""Network reach of a sandbox: ``none`` = no network device; ``group`` = a device with no
+outbound reach (published ports only); ``public`` = outbound internet, but nothing in the
+host's loopback, private or link-local ranges; ``any`` = everything the host reaches."""
+
+
+class VolumeMount(BaseModel):
+    """A host directory shared into the guest."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: Path
+    """Absolute, resolved host directory (must exist)."""
+    guest: str
+    """Absolute mount point in the guest."""
+    readonly: bool = False
+
+    @field_validator("host")
+    @classmethod
+    def _host_absolute(cls, v: Path) -> Path:
+        if not v.is_absolute():
+            raise ValueError("volume host path must be absolute (resolve it against the Sandboxfile first)")
+        return v
+
+    @field_validator("guest")
+    @classmethod
+    def _guest_absolute(cls, v: str) -> str:
+        if not v.startswith("/") or v == "/" or "\x00" in v or ".." in v.split("/"):
+            raise ValueError(f"volume guest path {v!r} must be an absolute directory other than / (no '..')")
+        return v
+
+
+class PortMap(BaseModel):
+    """A guest port published on the host."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host_port: int = Field(ge=1, le=65535)
+    guest_port: int = Field(ge=1, le=65535)
+    host_ip: str = "127.0.0.1"
+    """Host address to listen on (loopback unless asked otherwise)."""
+    protocol: Literal["tcp", "udp"] = "tcp"
 
 
 class SandboxSpec(BaseModel):
@@ -40,6 +83,9 @@ class SandboxSpec(BaseModel):
     """Directory for the persistent writable layer; ``None`` = ephemeral (tmpfs)."""
     disk_mib: int = Field(default=4096, ge=64)
     """Size limit of the persistent writable layer in MiB (sparse on the host)."""
+    volumes: tuple[VolumeMount, ...] = ()
+    ports: tuple[PortMap, ...] = ()
+    network: NetScope = "public"
     boot_timeout_s: float = Field(default=30.0, gt=0)
     """Seconds to wait for the guest agent before the start fails."""
 

@@ -12,6 +12,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.sandbox.spec import NetScope, PortMap, VolumeMount
 from engine.vm.channel import GuestChannel
 
 Accel = Literal["kvm", "tcg"]
@@ -39,6 +40,9 @@ class VmSpec(BaseModel):
     kernel_args: tuple[str, ...] = ()
     """Kernel-specific boot parameters (:meth:`engine.vm.kernel.Kernel.boot_args`)."""
     extra_cmdline: str = ""
+    volumes: tuple[VolumeMount, ...] = ()
+    ports: tuple[PortMap, ...] = ()
+    network: NetScope = "none"
     machine: Literal["microvm", "q35"] = "microvm"
 
 
