@@ -16,7 +16,7 @@ import termios
 import tty
 from collections.abc import Iterator
 
-from engine.vm.agent import Process
+from engine.project.control import StreamingProcess as Process
 
 
 def terminal_size() -> tuple[int, int]:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from engine.errors import ConfigError, MsbError, NotFoundError, SandboxStateError
 from engine.images.resolve import resolve_root
-from engine.project.sandboxfile import SandboxEntry, Sandboxfile
+from engine.project.sandboxfile import SandboxEntry, Sandboxfile, entry_from_dict
+from engine.project.specs import spec_overrides
 from engine.repl.models import CommandResult, OutputLine, ReplResult
 from engine.repl.pool import ReplPool
 from engine.sandbox.engine import Engine
@@ -94,9 +95,6 @@ class SandboxManager:
             if current is not None and current.sandbox.status is Status.RUNNING:
                 return f"Sandbox {name} started successfully"
             entry = self._entry(ns_dir, name, config)
-            if entry.volumes or entry.ports:
-                raise ConfigError("volumes and ports are not supported by the server yet",
-                                  hint="leave `volumes`/`ports` out; copy files in with sandbox_file_write")
             running = sum(1 for r in self._running.values() if r.sandbox.status is Status.RUNNING)
             if running >= self.limits.max_sandboxes:
                 raise LimitError(f"this server already runs {self.limits.max_sandboxes} sandboxes (its limit)",
@@ -104,17 +102,10 @@ class SandboxManager:
             if not entry.image:
                 raise ConfigError(f"Invalid params: sandbox {name!r} has no image",
                                   hint="pass config.image, e.g. microsandbox/python")  # fmt: skip
+            # API clients choose volume paths: they must stay inside the namespace directory
+            overrides = spec_overrides(entry, ns_dir, confine=True)
             root = await resolve_root(entry.image, base_dir=ns_dir)
-            env = {}
-            for item in entry.envs:
-                k, sep, v = item.partition("=")
-                if not sep or not k:
-                    raise ConfigError(f"Invalid params: env {item!r} is not K=V")
-                env[k] = v
-            spec = root.spec(
-                name, env=env, workdir=entry.workdir, cpus=entry.cpus, memory_mib=entry.memory or DEFAULT_MEMORY_MIB,
-                persist_dir=ns_dir / ".menv" / "sandboxes" / name,
-            )  # fmt: skip
+            spec = root.spec(name, persist_dir=ns_dir / ".menv" / "sandboxes" / name, **overrides)
             sandbox = await self.engine.start(spec)
             self._running[key] = _Running(sandbox, entry.image, self.limits.max_execs_per_sandbox)
             log.info("sandbox started", extra={"namespace": namespace, "sandbox": name, "image": entry.image})
@@ -127,11 +118,13 @@ class SandboxManager:
         if config is not None and config.image:
             sbf = Sandboxfile.load(path, create=True)
             old = sbf.get(name)
-            entry = SandboxEntry(
-                image=config.image, memory=config.memory, cpus=config.cpus, volumes=config.volumes,
-                ports=config.ports, envs=config.envs, workdir=config.workdir, shell=config.shell,
-                scripts=config.scripts, **({} if old is None else old.model_extra or {}),
-            )  # fmt: skip
+            fields = {
+                "image": config.image, "memory": config.memory, "cpus": config.cpus, "volumes": config.volumes,
+                "ports": config.ports, "envs": config.envs, "workdir": config.workdir, "shell": config.shell,
+                "scripts": config.scripts,
+            }  # fmt: skip
+            extra = {} if old is None else old.model_extra or {}
+            entry = entry_from_dict({**extra, **{k: v for k, v in fields.items() if v is not None}})
             sbf.set_sandbox(name, entry)
             sbf.save()
             return entry

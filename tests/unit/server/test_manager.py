@@ -51,8 +51,21 @@ async def test_unknown_and_invalid(tmp_path: Path, rootfs: Path) -> None:
         await m.run_command("default", "ghost", "true", [], None)
     with pytest.raises(ConfigError, match="name"):
         await m.start("bad/ns", "x", SandboxConfig(image=str(rootfs)))
-    with pytest.raises(ConfigError, match="not supported"):
-        await m.start("default", "v", SandboxConfig(image=str(rootfs), volumes=["/a:/b"]))
+    with pytest.raises(ConfigError, match="outside"):  # API clients cannot mount the host's files
+        await m.start("default", "v", SandboxConfig(image=str(rootfs), volumes=["/etc:/b"]))
+    with pytest.raises(ConfigError, match="outside"):
+        await m.start("default", "v", SandboxConfig(image=str(rootfs), volumes=["../..:/b"]))
+
+
+async def test_volumes_inside_the_namespace_and_ports_reach_the_spec(tmp_path: Path, rootfs: Path) -> None:
+    m = manager(tmp_path)
+    (m.namespace_dir("default") / "data").mkdir(parents=True)
+    await m.start("default", "v", SandboxConfig(image=str(rootfs), volumes=["./data:/data:ro"], ports=["18080:80"]))
+    spec = m._get("default", "v").sandbox.spec
+    assert [(v.host.name, v.guest, v.readonly) for v in spec.volumes] == [("data", "/data", True)]
+    assert [(p.host_ip, p.host_port, p.guest_port) for p in spec.ports] == [("127.0.0.1", 18080, 80)]
+    assert spec.network == "public"
+    await m.shutdown()
 
 
 async def test_sandbox_limit(tmp_path: Path, rootfs: Path) -> None:

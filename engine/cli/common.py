@@ -1,0 +1,42 @@
+"""Exit codes and error printing shared by the ``msb`` verbs.
+
+Exit codes scripts can rely on: the guest command's own code for ``exe``/``run``/``shell``;
+1 the thing asked about is not there or not in that state (e.g. ``stop`` of a sandbox that
+is not running); 2 usage errors and bad Sandboxfiles (nothing was started); 125 msb itself
+failed (the message says what to do); 126 the command could not be started; 127 the command
+was not found; 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import click
+
+from engine.errors import ConfigError, ExecError, MsbError
+
+EXIT_NOT_THERE = 1
+EXIT_USAGE = 2
+EXIT_MSB_FAILED = 125
+EXIT_CANNOT_RUN = 126
+EXIT_NOT_FOUND = 127
+EXIT_INTERRUPTED = 130
+
+
+def fail(exc: MsbError) -> int:
+    """Print ``exc`` (its hint included) on stderr; return the exit code it maps to."""
+    click.echo(f"msb: error: {exc}", err=True)  # the message ends with its hint
+    if isinstance(exc, ExecError):
+        return EXIT_NOT_FOUND if exc.errno == 2 else EXIT_CANNOT_RUN
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE
+    return EXIT_MSB_FAILED
+
+
+def parse_env_options(envs: tuple[str, ...] | list[str], hint: str = "--env") -> dict[str, str]:
+    """``K=V`` options to a dict (click usage error otherwise)."""
+    env = {}
+    for item in envs:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not K=V", param_hint=hint)
+        env[key] = value
+    return env

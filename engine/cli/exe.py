@@ -1,0 +1,114 @@
+"""``msb exe``: run a command in a throwaway sandbox that leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+from pathlib import Path
+
+import click
+
+from engine.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, fail, parse_env_options
+from engine.errors import MsbError
+from engine.vm.accel import TCG_WARNING
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("image", metavar="IMAGE")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--cpus", type=int, default=1, show_default=True, help="Virtual CPUs.")
+@click.option("--memory", type=int, default=512, show_default=True, help="Guest memory in MiB.")
+@click.option("-e", "--env", "envs", multiple=True, metavar="K=V", help="Environment variable (repeatable).")
+@click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST:GUEST[:ro]",
+              help="Share a host directory (relative to the current directory; repeatable).")
+@click.option("-p", "--port", "ports", multiple=True, metavar="[IP:]HOST:GUEST",
+              help="Publish a guest port on the host (127.0.0.1 unless an IP is given; repeatable).")
+@click.option("--scope", type=click.Choice(["none", "group", "public", "any"]), default="public", show_default=True,
+              help="Network reach: none = no network; public = internet but not the host's "
+              "loopback/private ranges; any = everything.")
+@click.option("-w", "--workdir", default=None, help="Working directory in the guest (default: the image's).")
+@click.option("--timeout", type=float, default=None, help="Kill the command after this many seconds.")
+@click.option("-t/-T", "--tty/--no-tty", default=None, help="Allocate a terminal (default: when stdin is one).")
+@click.option("--with-entrypoint", is_flag=True,
+              help="COMMAND is arguments to the image's Entrypoint (as `docker run` does); used by `msb install`.")
+@click.option("-q", "--quiet", is_flag=True, envvar="MSB_QUIET", help="No notes on stderr (e.g. the TCG note).")
+def exe(image: str, command: tuple[str, ...], cpus: int, memory: int, envs: tuple[str, ...], volumes: tuple[str, ...],
+        ports: tuple[str, ...], scope: str, workdir: str | None, timeout: float | None, tty: bool | None,
+        with_entrypoint: bool, quiet: bool) -> None:  # fmt: skip
+    """Run COMMAND in a throwaway sandbox booted from IMAGE.
+
+    IMAGE is an image reference (pulled if not in the store; its Env, WorkingDir, User
+    and, without COMMAND, Entrypoint/Cmd apply) or a root filesystem directory
+    (./dir, /dir). Nothing is left behind: the writable layer lives in guest memory and
+    the VM's sockets and logs are removed however msb exits (Ctrl-C included). The exit
+    code is the command's.
+
+    \b
+    Examples:
+      msb exe busybox -- sh -c 'echo hello from $(hostname)'
+      msb exe -v ./data:/data:ro microsandbox/python -- python3 /data/script.py
+      msb exe -p 8000:8000 microsandbox/python -- python3 -m http.server 8000
+      msb exe ./rootfs -- ls /
+    """
+    from engine.project.specs import parse_port, parse_volume
+
+    argv = list(command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    env = parse_env_options(envs)
+    try:
+        mounts = tuple(parse_volume(v, Path.cwd()) for v in volumes)
+        published = tuple(parse_port(p) for p in ports)
+    except MsbError as exc:
+        fail(exc)
+        sys.exit(EXIT_USAGE)
+    options = {"cpus": cpus, "memory_mib": memory, "env": env, "workdir": workdir, "volumes": mounts,
+               "ports": published, "network": scope}  # fmt: skip
+    try:
+        code = asyncio.run(_exe(image, argv, options, timeout, tty, quiet, with_entrypoint))
+    except KeyboardInterrupt:  # the sandbox was killed and cleaned up on the way out
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
+
+
+async def _exe(image: str, argv: list[str], options: dict[str, object], timeout: float | None, tty: bool | None,
+               quiet: bool, with_entrypoint: bool) -> int:  # fmt: skip
+    from engine.cli.progress import BarProgress
+    from engine.cli.terminal import attach, raw_terminal, terminal_size
+    from engine.images.resolve import resolve_root
+    from engine.sandbox.engine import Engine
+
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() if tty is None else tty
+    try:
+        root = await resolve_root(image, progress=BarProgress(quiet=quiet))
+    except MsbError as exc:
+        return fail(exc)
+    if with_entrypoint:
+        argv = root.defaults.command(argv) or ["/bin/sh"]
+    else:
+        argv = argv or root.defaults.command() or ["/bin/sh"]
+    try:
+        spec = root.spec(f"exe-{secrets.token_hex(4)}", **options)
+    except ValueError as exc:
+        click.echo(f"msb: error: {exc}", err=True)
+        return 2
+    engine = Engine()
+    try:
+        sandbox = await engine.start(spec)
+    except MsbError as exc:
+        return fail(exc)
+    if sandbox.accel == "tcg" and not quiet:
+        click.echo(f"msb: note: {TCG_WARNING}", err=True)
+    try:
+        rows, cols = terminal_size()
+        proc = await sandbox.spawn(argv, tty=interactive, stdin=True, timeout=timeout, rows=rows, cols=cols)
+        if interactive and sys.stdin.isatty():
+            with raw_terminal(sys.stdin.fileno()):
+                return await attach(proc, interactive=True, forward_stdin=True)
+        return await attach(proc, interactive=False, forward_stdin=True)
+    except MsbError as exc:
+        return fail(exc)
+    finally:
+        # Ephemeral: nothing to keep, so killing is both faster and complete.
+        await sandbox.kill()

@@ -1,0 +1,153 @@
+"""Sandboxfile projects end to end with the real CLI and real VMs: run, run -d, status,
+log, shell, stop, persistence across stop/start and kill -9 of the VM, depends_on, and bad
+Sandboxfiles refused with exit code 2 before anything starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+MSB = [sys.executable, "-m", "engine.cli.main"]
+
+SANDBOXFILE = """\
+# a project for the tests; this comment must survive
+sandboxes:
+  box:
+    image: {rootfs}
+    memory: 256
+    scope: none
+    envs: ["GREETING=hello"]
+    scripts:
+      start: echo "start says $GREETING"; cat /data/note 2>/dev/null || echo no-note
+      write: mkdir -p /data && echo "$1" > /data/note && echo written
+      serve: echo serving; exec sleep 300
+  dep:
+    image: {rootfs}
+    memory: 256
+    scope: none
+    scripts:
+      start: exec sleep 300
+  app:
+    image: {rootfs}
+    memory: 256
+    scope: none
+    depends_on: [dep]
+    scripts:
+      start: echo app-ran
+"""
+
+
+def msb(project: Path, *args: str, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MSB, *args], cwd=project, capture_output=True, text=True, input=None if input is None
+                          else input.decode(), timeout=timeout, env={**os.environ, "MSB_QUIET": "1"})  # fmt: skip
+
+
+@pytest.fixture
+def project(tmp_path: Path, busybox_rootfs: Path) -> Path:
+    (tmp_path / "Sandboxfile").write_text(SANDBOXFILE.format(rootfs=busybox_rootfs))
+    yield tmp_path
+    for name in ("box", "dep", "app"):
+        subprocess.run([*MSB, "stop", name], cwd=tmp_path, capture_output=True, timeout=60)
+
+
+def _status(project: Path) -> dict[str, dict[str, object]]:
+    out = msb(project, "status", "--json")
+    assert out.returncode == 0, out.stderr
+    return {r["name"]: r for r in json.loads(out.stdout)["sandboxes"]}
+
+
+def test_run_start_script_then_named_script_then_args_with_exit_code(project: Path) -> None:
+    out = msb(project, "run", "box")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["start says hello", "no-note"]
+    out = msb(project, "run", "box~write", "--", "ignored-by-script")
+    assert out.returncode == 0, out.stderr
+    out = msb(project, "run", "box", "--", "sh", "-c", "echo args-ran; exit 7")
+    assert out.returncode == 7 and out.stdout == "args-ran\n", out.stderr
+    assert _status(project)["box"]["status"] == "stopped"
+
+
+def test_files_persist_across_stop_start_and_kill_9_of_the_vm(project: Path) -> None:
+    out = msb(project, "run", "box", "--", "sh", "-c", "mkdir -p /data && echo first > /data/note")
+    assert out.returncode == 0, out.stderr
+    assert msb(project, "run", "box").stdout.splitlines()[-1] == "first"
+    # detached, then the VM process is killed from the host
+    out = msb(project, "run", "-d", "box~serve")
+    assert out.returncode == 0, out.stderr
+    shell = msb(project, "shell", "-T", "box", input=b"echo second > /data/note; echo $((6 * 7)); exit 3\n")
+    assert shell.returncode == 3 and "42" in shell.stdout, shell.stderr
+    row = _status(project)["box"]
+    assert row["status"] == "running" and row["cpu_percent"] is not None and row["disk_bytes"] is not None
+    os.kill(int(row["vm_pid"]), signal.SIGKILL)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 30
+    while _status(project)["box"]["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _status(project)["box"]["status"] == "crashed"
+    assert msb(project, "run", "box").stdout.splitlines()[-1] == "second"
+
+
+def test_detached_log_status_and_stop(project: Path) -> None:
+    out = msb(project, "run", "-d", "box~serve")
+    assert out.returncode == 0, out.stderr
+    assert "msb log box -f" in out.stderr
+    deadline = time.monotonic() + 20
+    while "serving" not in msb(project, "log", "box").stdout and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "serving" in msb(project, "log", "box").stdout
+    again = msb(project, "run", "box")
+    assert again.returncode == 1 and "already running" in again.stderr
+    table = msb(project, "status")
+    assert table.returncode == 0 and any(line.startswith("box") and "running" in line for line in table.stdout.splitlines())
+    out = msb(project, "stop", "box")
+    assert out.returncode == 0 and "Sandbox box stopped" in out.stdout
+    assert _status(project)["box"]["status"] == "stopped"
+    assert msb(project, "stop", "box").returncode == 1  # not running any more
+    follow = msb(project, "log", "-f", "box", timeout=10)  # returns: nobody runs it any more
+    assert follow.returncode == 0 and "main process exited" in follow.stdout
+
+
+def test_depends_on_starts_the_dependency_first_and_leaves_it_running(project: Path) -> None:
+    out = msb(project, "run", "app")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "app-ran\n"
+    assert "started dependency 'dep'" in out.stderr
+    rows = _status(project)
+    assert rows["dep"]["status"] == "running" and rows["app"]["status"] == "stopped"
+
+
+def test_shell_on_a_stopped_sandbox_starts_and_stops_it(project: Path) -> None:
+    out = msb(project, "shell", "-T", "box", input=b"echo in-shell $GREETING\n")
+    assert out.returncode == 0 and out.stdout == "in-shell hello\n", out.stderr
+    assert _status(project)["box"]["status"] == "stopped"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sandboxes:\n  box:\n    image: x\n   memory: 1\n", "Sandboxfile:"),
+        ("sandboxes:\n  box:\n    image: busybox\n    memory: lots\n", "memory"),
+        ("sandboxes:\n  a:\n    image: busybox\n    depends_on: [b]\n  b:\n    image: busybox\n    depends_on: [a]\n",
+         "cycle"),
+    ],
+    ids=["syntax", "wrong-type", "cycle"],
+)
+def test_bad_sandboxfiles_exit_2_and_start_nothing(tmp_path: Path, text: str, expected: str) -> None:
+    (tmp_path / "Sandboxfile").write_text(text)
+    name = "a" if "cycle" in expected else "box"
+    out = msb(tmp_path, "run", name)
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    assert expected in out.stderr
+    assert not (tmp_path / ".menv").exists()
+
+
+def test_unknown_sandbox_exits_2(project: Path) -> None:
+    out = msb(project, "run", "nope")
+    assert out.returncode == 2 and "no sandbox named 'nope'" in out.stderr
+    assert not (project / ".menv" / "sandboxes" / "nope").exists()
