@@ -21,9 +21,16 @@ EXIT_NOT_FOUND = 127
 EXIT_INTERRUPTED = 130
 
 
+def echo_error(exc: MsbError) -> None:
+    """``msb: error: …`` and, if there is one, ``msb: hint: …`` on stderr."""
+    click.echo(f"msb: error: {exc.message}", err=True)
+    if exc.hint:
+        click.echo(f"msb: hint: {exc.hint}", err=True)
+
+
 def fail(exc: MsbError) -> int:
-    """Print ``exc`` (its hint included) on stderr; return the exit code it maps to."""
-    click.echo(f"msb: error: {exc}", err=True)  # the message ends with its hint
+    """Print ``exc`` and its hint on stderr; return the exit code it maps to."""
+    echo_error(exc)
     if isinstance(exc, ExecError):
         return EXIT_NOT_FOUND if exc.errno == 2 else EXIT_CANNOT_RUN
     if isinstance(exc, ConfigError):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from engine.cli.common import echo_error
 from engine.cli.progress import BarProgress, human
 from engine.errors import MsbError
 from engine.images.oci import Platform
@@ -25,7 +26,7 @@ def _bar(quiet: bool) -> BarProgress:
 
 
 def _die(exc: MsbError) -> None:
-    click.echo(f"msb: error: {exc}", err=True)
+    echo_error(exc)
     sys.exit(1)
 
 

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import click
 
-from engine.cli.common import EXIT_NOT_THERE, EXIT_USAGE
+from engine.cli.common import EXIT_NOT_THERE, EXIT_USAGE, echo_error
 from engine.errors import ConfigError, MsbError
 from engine.project.sandboxfile import FILENAME, STATE_DIR, Sandboxfile, display_path, entry_from_dict
 from engine.project.schema import SCOPES, SandboxEntry
@@ -54,9 +54,7 @@ sandboxes:
 
 def die(exc: MsbError, code: int) -> NoReturn:
     """Print ``exc`` as ``msb: error:`` / ``msb: hint:`` lines on stderr and exit with ``code``."""
-    click.echo(f"msb: error: {exc.message}", err=True)
-    if exc.hint:
-        click.echo(f"msb: hint: {exc.hint}", err=True)
+    echo_error(exc)
     sys.exit(code)
 
 

@@ -72,7 +72,8 @@ def _note_tcg(state: Any, quiet: bool) -> None:
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("target", metavar="NAME[~SCRIPT]")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@click.option("-s", "--sandbox", "sandbox_flag", is_flag=True, help="NAME is a sandbox (the default; for compatibility).")
+@click.option("-s", "--sandbox", "sandbox_flag", is_flag=True,
+              help="NAME is a sandbox (the default; for compatibility).")
 @click.option("-d", "--detach", is_flag=True, help="Run in the background; follow with `msb log NAME -f`.")
 @click.option("-t/-T", "--tty/--no-tty", default=None, help="Allocate a terminal (default: when stdin is one).")
 @click.option("-q", "--quiet", is_flag=True, envvar="MSB_QUIET", help="No notes on stderr.")

@@ -120,8 +120,8 @@ def status(names: tuple[str, ...], as_json: bool, file: Path | None) -> None:
     if not rows:
         click.echo(f"no sandboxes in {project.path} (add one with `msb add NAME --image IMAGE`)")
         return
-    head = f"{'NAME':<16} {'STATUS':<9} {'PID':>7} {'ACCEL':<5} {'UPTIME':>7} {'CPU%':>6} {'MEM MiB':>8} {'DISK':>9}  NOTE"
-    click.echo(head)
+    click.echo(f"{'NAME':<16} {'STATUS':<9} {'PID':>7} {'ACCEL':<5} {'UPTIME':>7} {'CPU%':>6} "
+               f"{'MEM MiB':>8} {'DISK':>9}  NOTE")  # fmt: skip
     for r in rows:
         disk = "-" if r["disk_bytes"] is None else f"{r['disk_bytes'] / (1 << 20):.1f}M"
         cpu = "-" if r["cpu_percent"] is None else f"{r['cpu_percent']:.1f}"

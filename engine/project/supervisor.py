@@ -52,6 +52,10 @@ class Supervisor:
         self.reason = ""
         self.sessions: set[asyncio.Task[None]] = set()
 
+    def stop_on_signal(self, signo: int) -> None:
+        self.reason = f"stopped by signal {signal.Signals(signo).name}"
+        self.done.set()
+
     # ---------------------------------------------------------------- main process
 
     async def start_main(self, *, tty: bool = False, rows: int = 24, cols: int = 80) -> MainProcess:
@@ -203,7 +207,7 @@ async def amain(sandboxfile: Path, name: str, command: list[str] | None, wait_at
     server = await asyncio.start_unix_server(sup.handle, path=str(sock), limit=MAX_LINE)
     loop = asyncio.get_running_loop()
     for signo in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signo, lambda s=signo: (setattr(sup, "reason", f"signal {s}"), sup.done.set()))
+        loop.add_signal_handler(signo, sup.stop_on_signal, signo)
     state = state.model_copy(update={"status": "running", "vm_pid": sandbox.vm.pid, "socket": str(sock),
                                      "accel": sandbox.accel, "started_at": time.time()})  # fmt: skip
     sdir.write_state(state)

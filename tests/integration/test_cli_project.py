@@ -44,9 +44,12 @@ sandboxes:
 """
 
 
-def msb(project: Path, *args: str, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MSB, *args], cwd=project, capture_output=True, text=True, input=None if input is None
-                          else input.decode(), timeout=timeout, env={**os.environ, "MSB_QUIET": "1"})  # fmt: skip
+def msb(project: Path, *args: str, input: bytes | None = None, timeout: float = 120
+        ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    text = None if input is None else input.decode()
+    env = {**os.environ, "MSB_QUIET": "1"}
+    return subprocess.run([*MSB, *args], cwd=project, capture_output=True, text=True, input=text, timeout=timeout,
+                          env=env)  # fmt: skip
 
 
 @pytest.fixture
@@ -104,7 +107,8 @@ def test_detached_log_status_and_stop(project: Path) -> None:
     again = msb(project, "run", "box")
     assert again.returncode == 1 and "already running" in again.stderr
     table = msb(project, "status")
-    assert table.returncode == 0 and any(line.startswith("box") and "running" in line for line in table.stdout.splitlines())
+    assert table.returncode == 0
+    assert any(line.startswith("box") and "running" in line for line in table.stdout.splitlines())
     out = msb(project, "stop", "box")
     assert out.returncode == 0 and "Sandbox box stopped" in out.stdout
     assert _status(project)["box"]["status"] == "stopped"

@@ -105,7 +105,8 @@ async def test_a_spawned_process_dies_with_its_client(idle: tuple[Supervisor, Pa
     sup, sock = idle
     pidfile = tmp_path / "pid"
     async with asyncio.timeout(STEP_TIMEOUT_S):
-        proc = await RemoteProcess.open(sock, {"op": "spawn", "argv": ["sh", "-c", f"echo $$ > {pidfile}; echo up; exec sleep 30"]})
+        argv = ["sh", "-c", f"echo $$ > {pidfile}; echo up; exec sleep 30"]
+        proc = await RemoteProcess.open(sock, {"op": "spawn", "argv": argv})
         assert (await proc.read()).data == b"up\n"  # type: ignore[union-attr]
         pid = int(pidfile.read_text())
         await proc.close()
