@@ -3,7 +3,7 @@
 A persistent sandbox started by ``msb run`` (or ``msb shell``) is owned by a supervisor
 process (:mod:`engine.project.supervisor`); other ``msb`` invocations talk to it over a unix
 socket in a private directory. The wire is JSON lines: the client's first line is a request
-(``{"op": "status"|"stop"|"attach"|"spawn", …}``); ``attach``/``spawn`` then become a
+(``{"op": "status"|"stop"|"repl"|"repl_interrupt"|"attach"|"spawn", …}``); ``attach``/``spawn`` then become a
 bidirectional stream of messages:
 
 - client → supervisor: ``{"t": "in", "d": <base64>}``, ``{"t": "eof"}``,

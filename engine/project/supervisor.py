@@ -32,6 +32,7 @@ from engine.errors import MsbError
 from engine.project.control import MAX_LINE, ControlError, encode, read_msg
 from engine.project.runtime import SandboxDir, SandboxState
 from engine.project.session import MainProcess, serve_spawn
+from engine.repl.pool import ReplPool
 from engine.sandbox.sandbox import Sandbox
 
 log = logging.getLogger("msb.supervisor")
@@ -51,6 +52,8 @@ class Supervisor:
         self.exit_code: int | None = None
         self.reason = ""
         self.sessions: set[asyncio.Task[None]] = set()
+        self.repls = ReplPool(sandbox)
+        """Persistent interpreters (``repl`` op): the TUI's REPL screen."""
 
     def stop_on_signal(self, signo: int) -> None:
         self.reason = f"stopped by signal {signal.Signals(signo).name}"
@@ -116,6 +119,19 @@ class Supervisor:
                 raise ControlError("this sandbox has no main process to attach to")
             main = self.main or await self.start_main(tty=bool(msg.get("tty")), rows=rows, cols=cols)
             await main.attach(reader, writer)
+        elif op == "repl":
+            language, code, timeout = msg.get("language"), msg.get("code"), msg.get("timeout")
+            if not isinstance(language, str) or not isinstance(code, str):
+                raise ControlError("repl needs language and code strings")
+            if timeout is not None and not isinstance(timeout, int | float):
+                raise ControlError("repl timeout must be a number of seconds")
+            result = await self.repls.run(language, code, timeout)
+            writer.write(encode({"t": "repl", "result": result.model_dump()}))
+        elif op == "repl_interrupt":
+            language = msg.get("language")
+            if not isinstance(language, str):
+                raise ControlError("repl_interrupt needs a language")
+            writer.write(encode({"t": "ok", "interrupted": await self.repls.interrupt(language)}))
         elif op == "spawn":
             argv = msg.get("argv")
             if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
@@ -220,6 +236,7 @@ async def amain(sandboxfile: Path, name: str, command: list[str] | None, wait_at
         server.close()
         for task in list(sup.sessions):
             task.cancel()
+        await sup.repls.close()
         await sandbox.stop()
         if sup.main is not None:
             sup.main.close()

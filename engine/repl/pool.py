@@ -47,6 +47,12 @@ class ReplPool:
         status, output = await session.run(code, timeout)
         return ReplResult(status="success" if status == "success" else "error", language=language, output=output)
 
+    async def interrupt(self, language: str) -> bool:
+        """Interrupt the running call of ``language``'s interpreter; ``False`` if none runs."""
+        canonical = LANGUAGE_ALIASES.get(language.strip().lower())
+        session = self._sessions.get(canonical) if canonical else None
+        return await session.interrupt() if session is not None else False
+
     async def close(self) -> None:
         """Stop every interpreter of this sandbox."""
         self._closed = True

@@ -98,6 +98,20 @@ class ReplSession:
             status = await self._execute(driver, code, timeout, output)
             return status, output.finish()
 
+    async def interrupt(self) -> bool:
+        """Interrupt the call that is running, if any: it returns with the interpreter's
+        KeyboardInterrupt as an error (calls made with a timeout are interruptible; the
+        interpreter and its state survive).
+
+        Returns:
+            Whether a call was running.
+        """
+        driver = self._driver
+        if driver is None or not driver.alive or not self._lock.locked():
+            return False
+        await driver.interrupt()
+        return True
+
     async def close(self) -> None:
         """Kill the interpreter (and what it started); a running call returns with an error."""
         self._closed = True

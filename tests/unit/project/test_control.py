@@ -171,3 +171,4 @@ def test_state_is_crashed_when_the_supervisor_is_gone(tmp_path: Path) -> None:
     assert st.status == "crashed" and st.socket is None and "gone" in (st.message or "")
     (sdir.path / "state.json").write_text("{garbage")
     assert sdir.state().status == "stopped"
+
