@@ -108,34 +108,25 @@ def run(target: str, args: tuple[str, ...], sandbox_flag: bool, detach: bool, tt
 
 async def _run(target: str, argv: list[str], detach: bool, interactive: bool, quiet: bool, file: Path | None) -> int:
     from engine.cli.progress import BarProgress
-    from engine.images.resolve import resolve_root
-    from engine.project import runtime
-    from engine.project.specs import command_for, spec_overrides
+    from engine.project import runtime, up
+    from engine.project.specs import command_for
 
     name, _, script = target.partition("~")
     try:
         project = _project(file)
-        entry = _entry(project, name)
-        order = project.sandboxfile.start_order([name])
-        entries = {n: _entry(project, n) for n in order}
-        for n, e in entries.items():  # every problem before anything starts
-            spec_overrides(e, project.dir)
-            if not e.image:
-                raise ConfigError(f"{project.path}: sandbox {n!r} has no image", hint=f"set sandboxes.{n}.image")
+        order, entries = up.check(project, name)  # every problem before anything starts
         sdir = project.sandbox_dir(name)
         if sdir.alive():
             click.echo(f"msb: error: sandbox {name!r} is already running", err=True)
             click.echo(f"msb: hint: open a shell with `msb shell {name}`, or `msb stop {name}` first", err=True)
             return EXIT_NOT_THERE
-        roots = {n: await resolve_root(e.image, base_dir=project.dir, progress=BarProgress(quiet=quiet))
-                 for n, e in entries.items()}  # fmt: skip
-        command = command_for(entry, roots[name].defaults, script or None, argv)
-        for dep in order[:-1]:
-            if not project.sandbox_dir(dep).alive():
-                dep_cmd = command_for(entries[dep], roots[dep].defaults, "start", []) \
-                    if "start" in entries[dep].scripts else None  # fmt: skip
-                await runtime.launch(project, dep, dep_cmd)
-                click.echo(f"msb: started dependency {dep!r} (stop it with `msb stop {dep}`)", err=True)
+        roots = await up.resolve_all(project, entries, BarProgress(quiet=quiet))
+        command = command_for(entries[name], roots[name].defaults, script or None, argv)
+
+        def started(dep: str) -> None:
+            click.echo(f"msb: started dependency {dep!r} (stop it with `msb stop {dep}`)", err=True)
+
+        await up.start_dependencies(project, order, entries, roots, started)
         if detach:
             state = await runtime.launch(project, name, command)
             _note_tcg(state, quiet)
@@ -143,7 +134,7 @@ async def _run(target: str, argv: list[str], detach: bool, interactive: bool, qu
             click.echo(f"msb: sandbox {name!r} running in the background: {what}", err=True)
             click.echo(f"msb: follow it with `msb log {name} -f`; stop it with `msb stop {name}`", err=True)
             return 0
-        command = command or [entry.shell or "/bin/sh"]
+        command = command or [entries[name].shell or "/bin/sh"]
         state = await runtime.launch(project, name, command, wait_attach=True)
     except MsbError as exc:
         return fail(exc)

@@ -16,6 +16,10 @@ class Progress:
     def advance(self, nbytes: int) -> None:
         """``nbytes`` more done (negative when a download restarts)."""
 
+    def layer(self, label: str, done_bytes: int, total_bytes: int) -> None:
+        """Per-blob detail of a pull: ``label`` (short digest) has ``done_bytes`` of
+        ``total_bytes`` (also called with ``done_bytes == total_bytes`` once it is stored)."""
+
     def item_done(self, label: str) -> None:
         """One of the phase's items finished."""
 

@@ -187,14 +187,25 @@ async def fetch_verified(
 ) -> None:
     """Download one blob into the store, verified. A corrupt download is discarded and
     fetched once more; a broken-off one resumes from its partial file once."""
+    label = desc.digest[:19]
+    done = 0
+
+    def advance(nbytes: int) -> None:
+        nonlocal done
+        done += nbytes
+        progress.advance(nbytes)
+        progress.layer(label, done, desc.size)
+
     for attempt in range(3):
         writer = store.writer(desc.digest, desc.size)
         try:
-            await registry.fetch_blob(ref, desc, writer, progress.advance)
+            await registry.fetch_blob(ref, desc, writer, advance)
             writer.commit()
+            progress.layer(label, desc.size, desc.size)
             return
         except DigestMismatch as exc:
             progress.advance(-desc.size)
+            done = 0
             if attempt >= 1:
                 raise ImageError(
                     f"blob {desc.digest} of {ref.short()} failed verification twice",
