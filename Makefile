@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 CACHE ?= $(HOME)/.cache/msb
 export MSB_CACHE_DIR ?= $(CACHE)
 
-.PHONY: setup run test test-unit test-vm lint typecheck bench kernel agent rootfs clean help
+.PHONY: setup run test test-unit test-vm lint typecheck bench kernel agent netfilter rootfs clean help
 
 help:
 	@echo "make run      set up if needed, then start msb-tui"
@@ -13,6 +13,7 @@ help:
 	@echo "make bench    run the benchmarks; writes bench/results/*.json and docs/benchmarks.md"
 	@echo "make kernel   build the minimal guest kernel from Debian's linux-source (~5 min)"
 	@echo "make agent    rebuild the guest agent"
+	@echo "make netfilter rebuild the host network filter of 'public' sandboxes"
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -44,6 +45,9 @@ kernel:
 
 agent:
 	@make -s -C engine/guest/agent OUT="$(CACHE)/agent"
+
+netfilter:
+	@make -s -C engine/vm/netfilter OUT="$(CACHE)/netfilter"
 
 rootfs:
 	@bash scripts/build-test-rootfs.sh

@@ -34,6 +34,12 @@ def agent_path() -> Path:
     return Path(env) if env else cache_dir() / "agent" / "msb-agent"
 
 
+def netfilter_path() -> Path:
+    """The network filter loaded into QEMU for ``public`` sandboxes (``MSB_NETFILTER`` overrides)."""
+    env = os.environ.get("MSB_NETFILTER")
+    return Path(env) if env else cache_dir() / "netfilter" / "msb-netfilter.so"
+
+
 def new_run_dir(name: str) -> Path:
     """A fresh private directory for one VM's sockets and console (short path: unix sockets
     are limited to 107 bytes)."""

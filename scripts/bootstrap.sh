@@ -50,8 +50,9 @@ if [[ ! -x .venv/bin/python || "$(cat .venv/.msb-stamp 2>/dev/null)" != "$stamp_
   echo "$stamp_src" > .venv/.msb-stamp
 fi
 
-# --- 3. guest agent (static C binary) ----------------------------------------------------
+# --- 3. guest agent (static C binary) and the host network filter (LD_PRELOAD shim) -------
 make -s -C engine/guest/agent OUT="$CACHE/agent"
+make -s -C engine/vm/netfilter OUT="$CACHE/netfilter"
 
 # --- 4. guest kernel (Debian's cloud kernel, verified by apt) ---------------------------
 if [[ -z "${MSB_KERNEL:-}" ]]; then

@@ -27,9 +27,10 @@ from engine.vm.accel import AccelVerdict, choose_accel
 from engine.vm.agent import AgentClient
 from engine.vm.backend import Accel, VmBackend, VmHandle, VmSpec
 from engine.vm.disk import create_upper_image, root_image_for_dir
-from engine.vm.initramfs import ensure_initramfs
+from engine.vm.initramfs import check_agent_current, ensure_initramfs
 from engine.vm.kernel import Kernel, read_bzimage_version, resolve_kernel
 from engine.vm.protocol import Ready
+from engine.vm.volumes import check_host_dirs, check_volumes
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ class Engine:
                 f"the guest kernel {kernel.path} is missing or not a bzImage/ELF kernel (corrupt download or build?)",
                 hint="rebuild it with `make kernel`, re-fetch Debian's with `make setup`, or fix MSB_KERNEL",
             )
+        if not os.environ.get("MSB_AGENT"):
+            await asyncio.to_thread(check_agent_current, paths.agent_path())
         initrd = await asyncio.to_thread(ensure_initramfs, paths.agent_path(), kernel.modules, self.cache_dir)
         backend = self.backend
         qemu = getattr(backend, "qemu", backend.name)
@@ -152,6 +155,7 @@ class Engine:
         """
         t0 = time.perf_counter()
         assets = await self.prepare()
+        self._check_volumes(spec, assets.kernel)
         root, upper = await self._disks(spec)
         run_dir = paths.new_run_dir(spec.name)
         vm_spec = VmSpec(
@@ -170,6 +174,25 @@ class Engine:
         sandbox = Sandbox(spec, vm, client, run_dir, accel=assets.accel.accel, boot_s=boot_s, ready=ready)
         log.info("sandbox %s ready in %.0f ms (%s)", spec.name, boot_s * 1000, assets.accel.accel)
         return sandbox
+
+    def _check_volumes(self, spec: SandboxSpec, kernel: Kernel) -> None:
+        """Refuse volumes the guest could not mount, before anything is built or booted.
+
+        Raises:
+            ConfigError: a host directory is missing, a guest path is unusable, or the guest
+                kernel has no 9p over virtio.
+        """
+        if not spec.volumes:
+            return
+        check_volumes(spec.volumes)
+        check_host_dirs(spec.volumes)
+        if self.backend.needs_boot_assets and not kernel.supports_9p:
+            raise ConfigError(
+                f"sandbox {spec.name!r} has volumes, but the guest kernel {kernel.version} ({kernel.kind}) "
+                "cannot mount them: it lacks 9p over virtio (NET_9P, NET_9P_VIRTIO, 9P_FS), or its config is unknown",
+                hint="build the minimal kernel with `make kernel` (it has 9p built in), or for MSB_KERNEL "
+                "put its .config beside it; Debian's cloud kernel is built without 9p",
+            )
 
     async def _disks(self, spec: SandboxSpec) -> tuple[Path, Path | None]:
         """Build (or reuse) the root image and the persistent upper image of ``spec``.

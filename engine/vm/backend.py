@@ -41,8 +41,11 @@ class VmSpec(BaseModel):
     """Kernel-specific boot parameters (:meth:`engine.vm.kernel.Kernel.boot_args`)."""
     extra_cmdline: str = ""
     volumes: tuple[VolumeMount, ...] = ()
+    """Host directories shared over virtio-9p (engine/vm/volumes.py)."""
     ports: tuple[PortMap, ...] = ()
+    """Guest ports published on the host (slirp ``hostfwd``; not with ``network="none"``)."""
     network: NetScope = "none"
+    """``none`` here (the KVM probe boots offline); sandboxes pass their spec's scope."""
     machine: Literal["microvm", "q35"] = "microvm"
 
 

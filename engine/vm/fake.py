@@ -24,10 +24,13 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.sandbox.spec import NetScope, PortMap, VolumeMount
 from engine.vm.backend import Accel, VmSpec
 from engine.vm.channel import ChannelClosed, read_frame
 from engine.vm.fake_guest import MISBEHAVIOURS, FakeGuest
+from engine.vm.network import check_network
 from engine.vm.protocol import GuestFrame
+from engine.vm.volumes import check_volumes
 
 __all__ = ["MISBEHAVIOURS", "FakeBackend", "FakeGuest", "FakeVm", "MemoryChannel"]
 
@@ -99,6 +102,8 @@ class FakeVm:
         guest: the agent, for tests to inspect or steer (``cpu_load``, ``execs``).
         root: the directory standing for the guest's ``/`` (removed when the VM ends).
         spec: what it was launched with.
+        volumes, ports, network: the spec's, recorded for tests of the layers above. Volumes
+            are visible to file requests (not to commands); ports and network are not emulated.
     """
 
     pid: int | None = None
@@ -110,6 +115,9 @@ class FakeVm:
         guest: the agent that serves this VM.
         """
         self.spec = spec
+        self.volumes: tuple[VolumeMount, ...] = spec.volumes
+        self.ports: tuple[PortMap, ...] = spec.ports
+        self.network: NetScope = spec.network
         self.accel: Accel = spec.accel
         self.root = root
         self.guest = guest
@@ -210,15 +218,19 @@ class FakeBackend:
         """Start a fake VM; its guest sends READY at once (unless told not to).
 
         Raises:
-            ConfigError: ``misbehave`` is unknown.
+            ConfigError: ``misbehave`` is unknown, or volumes or ports the QEMU backend would
+                refuse too (engine/vm/volumes.py, engine/vm/network.py).
         """
+        check_volumes(spec.volumes)
+        check_network(spec)
         root = Path(tempfile.mkdtemp(prefix=f"msb-fake-{spec.name[:16]}-", dir=self.tmp_dir))
         for d in _ROOT_DIRS:
             (root / d).mkdir(parents=True, exist_ok=True)
         try:
             guest = FakeGuest(
-                root, misbehave=self.misbehave, cpus=spec.cpus, memory_mib=spec.memory_mib, clock=self.clock
-            )
+                root, misbehave=self.misbehave, cpus=spec.cpus, memory_mib=spec.memory_mib, clock=self.clock,
+                volumes=spec.volumes,
+            )  # fmt: skip
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise

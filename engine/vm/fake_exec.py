@@ -15,6 +15,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import posixpath
 import pty
 import shutil
 import signal
@@ -23,6 +24,7 @@ import termios
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.sandbox.spec import VolumeMount
 from engine.vm import fake_codec as enc
 from engine.vm.fake_codec import ExecReq, HostFrame
 from engine.vm.protocol import CHUNK, T
@@ -49,6 +51,27 @@ def confine(root: Path, guest_path: str) -> Path:
     if host != root and root not in host.parents:
         raise PermissionError(errno.EACCES, "path leads outside the sandbox", guest_path)
     return host
+
+
+def confine_mounted(root: Path, guest_path: str, volumes: tuple[VolumeMount, ...] = ()) -> tuple[Path, bool]:
+    """Like :func:`confine`, but a path under a volume's guest path maps into its host directory.
+
+    Args:
+        root: the VM's root directory on the host (already resolved).
+        guest_path: a guest path; relative ones count from ``/``.
+        volumes: the VM's volumes (``..`` is resolved first, as the guest would).
+
+    Returns:
+        The host path, and whether it lies in a read-only volume.
+
+    Raises:
+        PermissionError: the path leads out of ``root`` or out of its volume (errno EACCES).
+    """
+    norm = posixpath.normpath("/" + guest_path.lstrip("/"))
+    for v in volumes:
+        if norm == v.guest or norm.startswith(v.guest + "/"):
+            return confine(Path(os.path.realpath(v.host)), norm[len(v.guest) :]), v.readonly
+    return confine(root, guest_path), False
 
 
 def _take_ctty() -> None:

@@ -5,7 +5,9 @@ agent (``engine/guest/agent``) does, with the host's own machinery as its counte
 run as host subprocesses (:mod:`engine.vm.fake_exec`), files live in a per-VM temporary
 directory that stands for ``/``, and metrics are synthetic but move over time.
 
-Only the FILE_* requests and the working directory are confined to that directory. Commands
+Only the FILE_* requests and the working directory are confined to that directory (FILE_*
+paths under a volume's guest path reach its host directory instead; a read-only volume refuses
+writes with EROFS). Commands
 are ordinary host processes of the current user: an absolute path in a command reaches the
 host's files. This is a test double, never a sandbox; give it trusted commands only.
 
@@ -35,9 +37,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from engine.errors import ConfigError, ProtocolError
+from engine.sandbox.spec import VolumeMount
 from engine.vm import fake_codec as enc
 from engine.vm.fake_codec import HostFrame, decode_host_frame
-from engine.vm.fake_exec import FakeExec, confine
+from engine.vm.fake_exec import FakeExec, confine_mounted
 from engine.vm.protocol import CHUNK, HEADER, MAX_FRAME_LEN, T
 
 MISBEHAVIOURS = frozenset(
@@ -71,6 +74,7 @@ class FakeGuest:
         memory_mib: int = 512,
         clock: Callable[[], float] = time.monotonic,
         seed: int = 0,
+        volumes: tuple[VolumeMount, ...] = (),
     ) -> None:
         """Args:
         root: directory that stands for the guest's ``/`` (must exist).
@@ -78,6 +82,7 @@ class FakeGuest:
         cpus, memory_mib: what METRICS reports.
         clock: monotonic seconds, for uptime and CPU ticks (tests pass a fake one).
         seed: seeds the ``"garbage"`` bytes.
+        volumes: host directories visible to FILE_* requests at their guest paths.
 
         Raises:
             ConfigError: ``misbehave`` is not a known misbehaviour.
@@ -86,6 +91,7 @@ class FakeGuest:
             raise ConfigError(f"unknown misbehaviour {misbehave!r}", hint=f"use one of {sorted(MISBEHAVIOURS)}")
         self.root = root.resolve()
         self.misbehave = misbehave
+        self.volumes = volumes
         self.cpus, self.memory_mib = cpus, memory_mib
         self.cpu_load: float | None = None
         self.execs: dict[int, FakeExec] = {}
@@ -226,7 +232,9 @@ class FakeGuest:
             self._upload(f)
             return
         try:
-            path = confine(self.root, os.fsdecode(f.path))
+            path, readonly = confine_mounted(self.root, os.fsdecode(f.path), self.volumes)
+            if readonly and f.kind == T.FILE_WRITE:
+                raise OSError(30, "Read-only file system")
             if f.kind == T.FILE_READ:
                 self._read(f.id, path, f.max_bytes)
             elif f.kind == T.FILE_WRITE:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
 from engine.errors import AgentError
 
+AGENT_SOURCES = Path(__file__).resolve().parent.parent / "guest" / "agent"
 _DIRS = ["dev", "proc", "sys", "lower", "rw", "newroot", "lib", "lib/msb-modules"]
 
 
@@ -78,3 +80,43 @@ def ensure_initramfs(agent_path: Path, modules: list[Path], cache_dir: Path) -> 
         f.write(build_cpio(agent, mods))
     os.replace(tmp, target)
     return target
+
+
+def agent_source_version(src: Path = AGENT_SOURCES) -> str | None:
+    """The version ``make agent`` compiles in: sha256 of the ``*.c`` then ``*.h`` files, sorted.
+
+    Returns:
+        16 hex digits, or ``None`` when the sources are not here (an installed package).
+    """
+    files = sorted(src.glob("*.c")) + sorted(src.glob("*.h"))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def check_agent_current(agent_path: Path, src: Path = AGENT_SOURCES) -> None:
+    """Refuse an agent binary built from other sources than the ones beside this module.
+
+    A stale agent boots, but ignores boot parameters it does not know (volumes, network):
+    failing here is clearer than a sandbox without the volumes it was promised.
+
+    Raises:
+        AgentError: the binary reports another version (the hint says to run `make agent`).
+    """
+    expected = agent_source_version(src)
+    if expected is None or not agent_path.is_file():
+        return  # nothing to compare with; a missing agent is reported by ensure_initramfs
+    try:
+        out = subprocess.run([str(agent_path), "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    words = out.split()
+    actual = words[1] if len(words) > 1 and words[0] == "msb-agent" else "unknown"
+    if actual != expected:
+        raise AgentError(
+            f"the guest agent {agent_path} is version {actual}, but its sources ({src}) are version {expected}",
+            hint="rebuild it with `make agent` (or `make setup`), or set MSB_AGENT to use a binary as it is",
+        )

@@ -6,8 +6,12 @@ directory: the agent's virtio-serial port, the serial console and QMP. Listening
 means the connection exists before the guest boots, so no early byte is lost, and a QEMU
 that fails to start is noticed by its exit instead of by a timeout.
 
-The console is read into a bounded ring (shown in boot errors) and a size-capped log file:
-a guest that floods its serial port cannot fill the host's disk.
+The console is read into a bounded ring (shown in boot errors) and a size-capped log file
+(:mod:`engine.vm.console`): a guest that floods its serial port cannot fill the host's disk.
+
+Volumes and the network device come from :mod:`engine.vm.volumes` and :mod:`engine.vm.network`;
+a ``public`` sandbox's QEMU runs with the network filter of :mod:`engine.vm.netfilter` in
+``LD_PRELOAD`` and is killed if the filter is not mapped into it (docs/networking.md).
 """
 
 from __future__ import annotations
@@ -20,20 +24,22 @@ import logging
 import os
 import shutil
 import signal
-from collections import deque
 from pathlib import Path
 from typing import Any
 
-from engine.errors import VmError
+from engine.errors import ConfigError, VmError
+from engine.vm import netfilter
 from engine.vm.backend import Accel, VmSpec
 from engine.vm.channel import StreamChannel
+from engine.vm.console import Console, pump_console
+from engine.vm.network import network_args, network_cmdline
+from engine.vm.volumes import volume_args, volume_cmdline
 
 log = logging.getLogger(__name__)
 
-CONSOLE_RING = 64 * 1024
-CONSOLE_LOG_MAX = 1 << 20
-"""Bytes of console kept in ``console.log`` per VM start."""
 CONNECT_TIMEOUT_S = 10.0
+CMDLINE_MAX = 2048
+"""x86's ``COMMAND_LINE_SIZE``: the kernel truncates a longer command line."""
 QBOOT = "/usr/share/qemu/qboot.rom"
 
 
@@ -99,10 +105,18 @@ def kernel_cmdline(spec: VmSpec) -> str:
         khz = host_tsc_khz()
         if khz:
             parts.append(f"tsc_early_khz={khz}")
+    parts += network_cmdline(spec)
+    parts += volume_cmdline(spec)
     parts += spec.kernel_args
     if spec.extra_cmdline:
         parts.append(spec.extra_cmdline)
-    return " ".join(parts)
+    line = " ".join(parts)
+    if len(line) >= CMDLINE_MAX:
+        raise ConfigError(
+            f"the guest kernel command line would be {len(line)} bytes, over the kernel's limit of {CMDLINE_MAX - 1}",
+            hint="use fewer volumes or shorter guest mount points",
+        )
+    return line
 
 
 def build_argv(qemu: str, spec: VmSpec, sockets: dict[str, Path]) -> list[str]:
@@ -112,6 +126,9 @@ def build_argv(qemu: str, spec: VmSpec, sockets: dict[str, Path]) -> list[str]:
         qemu: path of the QEMU binary.
         spec: the VM to start.
         sockets: listening socket paths for ``agent``, ``console`` and ``qmp``.
+
+    Raises:
+        ConfigError: volumes or ports QEMU cannot honour (engine/vm/volumes.py, network.py).
     """
     mmio = spec.machine == "microvm"
 
@@ -145,6 +162,8 @@ def build_argv(qemu: str, spec: VmSpec, sockets: dict[str, Path]) -> list[str]:
             "-device", f"{dev('virtio-blk')},drive=upper,serial=msb-upper",
         ]  # fmt: skip
     argv += ["-device", dev("virtio-rng")]
+    argv += network_args(spec, dev)
+    argv += volume_args(spec, dev)
     return argv
 
 
@@ -155,40 +174,10 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
-class _Console:
-    """Bounded sink for the guest's serial console."""
-
-    def __init__(self, path: Path) -> None:
-        self.ring: deque[bytes] = deque()
-        self.ring_size = 0
-        self.path = path
-        self.written = 0
-        self.file = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the VM
-
-    def feed(self, data: bytes) -> None:
-        self.ring.append(data)
-        self.ring_size += len(data)
-        while self.ring_size > CONSOLE_RING and len(self.ring) > 1:
-            self.ring_size -= len(self.ring.popleft())
-        room = CONSOLE_LOG_MAX - self.written
-        if room > 0:
-            self.file.write(data[:room])
-            self.written += min(room, len(data))
-            if self.written >= CONSOLE_LOG_MAX:
-                self.file.write(b"\n[msb: console log truncated]\n")
-
-    def tail(self, max_bytes: int) -> str:
-        data = b"".join(self.ring)[-max_bytes:]
-        return data.decode("utf-8", "replace")
-
-    def close(self) -> None:
-        self.file.close()
-
-
 class QemuVm:
     """A running QEMU process (implements :class:`~engine.vm.backend.VmHandle`)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, accel: Accel, console: _Console) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, accel: Accel, console: Console) -> None:
         self.proc = proc
         self.pid: int | None = proc.pid
         self.accel: Accel = accel
@@ -269,6 +258,9 @@ class QemuBackend:
             VmError: QEMU exited at once (its stderr is in the message) or never connected.
         """
         sockets = {k: spec.run_dir / f"{k[0]}.sock" for k in ("agent", "console", "qmp")}
+        argv = build_argv(self.qemu, spec, sockets)
+        env, shim = _qemu_env(spec)
+        log.info("%s: network scope %s (%s)", spec.name, spec.network, netfilter.describe(spec.network))
         accepted: dict[str, asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
         servers = []
         loop = asyncio.get_running_loop()
@@ -276,11 +268,11 @@ class QemuBackend:
             path.unlink(missing_ok=True)
             fut = accepted[key] = loop.create_future()
             servers.append(await asyncio.start_unix_server(_accept_once(fut), path=str(path), limit=1 << 21))
-        console = _Console(spec.run_dir / "console.log")
-        argv = build_argv(self.qemu, spec, sockets)
+        console = Console(spec.run_dir / "console.log")
         log.debug("starting %s", " ".join(argv))
         proc = await asyncio.create_subprocess_exec(
             *argv,
+            env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -290,13 +282,18 @@ class QemuBackend:
         vm = QemuVm(proc, spec.accel, console)
         vm._servers = servers
         if proc.stderr is not None:  # QEMU's own complaints (e.g. a kernel it cannot load)
-            vm._tasks.append(asyncio.create_task(_pump_console(proc.stderr, console, prefix=b"[qemu] ")))
+            vm._tasks.append(asyncio.create_task(pump_console(proc.stderr, console, prefix=b"[qemu] ")))
         try:
             conns = await self._wait_connected(proc, accepted, console, vm._tasks[0])
             vm.channel = StreamChannel(*conns["agent"])
-            vm._tasks.append(asyncio.create_task(_pump_console(conns["console"][0], console)))
+            vm._tasks.append(asyncio.create_task(pump_console(conns["console"][0], console)))
             vm._qmp = conns["qmp"]
             await _qmp_handshake(*conns["qmp"])
+            if shim is not None and not netfilter.shim_loaded(proc.pid, shim):
+                raise VmError(
+                    f"QEMU started without the network filter {shim} (the dynamic loader refused it)",
+                    hint=netfilter.BUILD_HINT + f"; QEMU said: {_qemu_said(console)}",
+                )
         except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
             if not isinstance(exc, TimeoutError):  # QEMU is exiting: take all it printed
                 with contextlib.suppress(TimeoutError):
@@ -319,7 +316,7 @@ class QemuBackend:
         self,
         proc: asyncio.subprocess.Process,
         accepted: dict[str, asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]],
-        console: _Console,
+        console: Console,
         stderr_done: asyncio.Future[None],
     ) -> dict[str, tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
         waiter = asyncio.gather(*accepted.values())
@@ -342,7 +339,19 @@ class QemuBackend:
         )
 
 
-def _qemu_said(console: _Console) -> str:
+def _qemu_env(spec: VmSpec) -> tuple[dict[str, str] | None, Path | None]:
+    """QEMU's environment and the filter it must load: the shim for ``public``, else as is.
+
+    Raises:
+        VmError: the scope is ``public`` and the shim is not built.
+    """
+    if spec.network != "public":
+        return None, None
+    shim = netfilter.require_shim()
+    return netfilter.filter_env(shim, spec.ports, os.environ, netfilter.host_resolvers()), shim
+
+
+def _qemu_said(console: Console) -> str:
     lines = [ln[7:] for ln in console.tail(4096).splitlines() if ln.startswith("[qemu] ")]
     return " ".join(lines).strip() or "no output"
 
@@ -357,14 +366,6 @@ def _accept_once(
         fut.set_result((reader, writer))
 
     return on_connect
-
-
-async def _pump_console(reader: asyncio.StreamReader, console: _Console, prefix: bytes = b"") -> None:
-    with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-        while data := await reader.read(16384):
-            if prefix:
-                data = b"".join(prefix + line for line in data.splitlines(keepends=True))
-            console.feed(data)
 
 
 async def _qmp_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

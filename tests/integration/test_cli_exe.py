@@ -42,9 +42,9 @@ def test_not_found_exits_127_with_a_message(busybox_rootfs: Path) -> None:
     assert b"command not found in the sandbox: nope" in proc.stderr
 
 
-def test_missing_rootfs_exits_125_with_a_hint(tmp_path: Path) -> None:
+def test_missing_rootfs_is_a_usage_error_with_a_hint(tmp_path: Path) -> None:
     proc = subprocess.run([*MSB, "exe", "-q", str(tmp_path / "none"), "--", "true"], capture_output=True, timeout=60)
-    assert proc.returncode == 125
+    assert proc.returncode == 2
     assert b"does not exist" in proc.stderr and b"hint:" in proc.stderr
 
 

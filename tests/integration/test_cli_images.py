@@ -17,11 +17,11 @@ MSB = [sys.executable, "-m", "engine.cli.main"]
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    """A private image store and state dir; kernels and the agent come from the real cache."""
+    """A private image store and state dir; kernels, the agent and the network filter come from the real cache."""
     cache = tmp_path / "cache"
     cache.mkdir()
     real = paths.cache_dir()
-    for name in ("kernel", "agent", "initramfs", "accel.json"):
+    for name in ("kernel", "agent", "netfilter", "initramfs", "accel.json"):
         if (real / name).exists():
             (cache / name).symlink_to(real / name)
     return {**os.environ, "MSB_CACHE_DIR": str(cache), "MSB_STORAGE_PATH": str(tmp_path / "state"),

@@ -140,7 +140,18 @@ struct boot_times {
 };
 void boot_pid1(struct boot_times *t);
 void boot_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Logs to the console and powers off: a boot step that cannot be completed. */
+void boot_fatal(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 void poweroff(void) __attribute__((noreturn));
+
+/* ---- network (net.c) and volumes (volumes.c), after the switch to the new root ---- */
+#define MAX_VOLUMES 16
+#define VOLUME_ARG 1024 /* one msb.vol= value: TAG:ro|rw:PATH with PATH %-encoded */
+/* eth0 = 10.0.2.15/24, default route via 10.0.2.2 (QEMU user networking), and
+ * /etc/resolv.conf naming dns (or no resolver when dns is empty). Fatal on failure. */
+void net_up(const char *dns);
+/* Mounts one 9p volume described by a msb.vol= value. Fatal on failure. */
+void volume_mount(const char *arg);
 
 /* ---- execs (exec.c) ---- */
 void exec_on_frame(uint8_t type, uint32_t id, struct rd *r);

@@ -1,4 +1,5 @@
-/* PID 1 boot: pseudo filesystems, kernel modules, overlay root, switch root, the channel.
+/* PID 1 boot: pseudo filesystems, kernel modules, overlay root, switch root, network and
+ * volumes (net.c, volumes.c), the channel.
  *
  * Any failure here is fatal for the sandbox. It is written to the console (the host shows
  * its tail to the user) and the VM powers off; returning from PID 1 would panic the kernel
@@ -35,6 +36,10 @@ struct cmdline {
 	char port[64];
 	char hostname[65];
 	int sync;
+	int net;                             /* msb.net=1: configure eth0 (net.c) */
+	char dns[16];                        /* msb.dns=10.0.2.3; empty: no resolver */
+	char vols[MAX_VOLUMES][VOLUME_ARG];  /* msb.vol=TAG:ro|rw:PATH (volumes.c) */
+	int n_vols;
 };
 
 static int kmsg_fd = -1;
@@ -85,6 +90,15 @@ static void __attribute__((noreturn, format(printf, 1, 2))) fatal(const char *fm
 	poweroff();
 }
 
+void boot_fatal(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vlog_level(2, fmt, ap);
+	va_end(ap);
+	poweroff();
+}
+
 static void mkdir_p1(const char *path)
 {
 	if (mkdir(path, 0755) < 0 && errno != EEXIST)
@@ -120,6 +134,9 @@ static void parse_cmdline(struct cmdline *c)
 	strcpy(c->port, "msb.0");
 	strcpy(c->hostname, "localhost");
 	c->sync = 0;
+	c->net = 0;
+	c->dns[0] = 0;
+	c->n_vols = 0;
 	char buf[4096];
 	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
 	ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
@@ -140,6 +157,15 @@ static void parse_cmdline(struct cmdline *c)
 			copy_value(c->hostname, sizeof c->hostname, tok + 13);
 		else if (!strncmp(tok, "msb.sync=", 9))
 			c->sync = !strcmp(tok + 9, "1");
+		else if (!strncmp(tok, "msb.net=", 8))
+			c->net = !strcmp(tok + 8, "1");
+		else if (!strncmp(tok, "msb.dns=", 8))
+			copy_value(c->dns, sizeof c->dns, tok + 8);
+		else if (!strncmp(tok, "msb.vol=", 8)) {
+			if (c->n_vols == MAX_VOLUMES)
+				fatal("more than %d msb.vol= parameters", MAX_VOLUMES);
+			copy_value(c->vols[c->n_vols++], VOLUME_ARG, tok + 8);
+		}
 	}
 }
 
@@ -341,5 +367,9 @@ void boot_pid1(struct boot_times *t)
 	t->root = now_ns(CLOCK_BOOTTIME);
 
 	setup_net(c.hostname);
+	if (c.net)
+		net_up(c.dns);
+	for (int i = 0; i < c.n_vols; i++)
+		volume_mount(c.vols[i]);
 	open_channel(c.port);
 }

@@ -34,7 +34,11 @@ DEBIAN_REQUIRED_MODULES: tuple[str, ...] = (
 """Modules the guest cannot boot without (skipped when built in)."""
 
 DEBIAN_OPTIONAL_MODULES: tuple[str, ...] = ("vmw_vsock_virtio_transport",)
-"""Modules loaded when the package has them (vsock is an alternative host channel)."""
+"""Modules loaded when the package has them (vsock is an alternative host channel).
+
+9p (``9pnet``, ``9pnet_virtio``, ``9p``) is not listed: the cloud kernel is built without
+``CONFIG_NET_9P``, so there is nothing to load, and changing this list makes every cached
+Debian kernel be fetched again. Volumes need the minimal kernel (``supports_9p``)."""
 
 QEMU_LAPIC_TIMER_KHZ = 1_000_000
 """QEMU's emulated local APIC timer input clock (1 GHz), for ``lapic_timer_khz=``."""

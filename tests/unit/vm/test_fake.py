@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ConfigError
+from engine.sandbox.spec import PortMap, VolumeMount
 from engine.vm import protocol as p
 from engine.vm.channel import ChannelClosed
 from engine.vm.fake import MISBEHAVIOURS, FakeBackend
-from engine.vm.fake_exec import confine
+from engine.vm.fake_exec import confine, confine_mounted
 from tests.unit.conftest import Launch
 from tests.unit.helpers import STEP_TIMEOUT_S, vm_spec
 
@@ -65,3 +66,38 @@ def test_confine_maps_into_the_root(tmp_path: Path) -> None:
         with pytest.raises(PermissionError) as info:
             confine(root, escape)
         assert info.value.errno == 13
+
+
+async def test_volumes_ports_and_network_are_recorded(tmp_path: Path) -> None:
+    vol = VolumeMount(host=tmp_path, guest="/data", readonly=True)
+    port = PortMap(host_port=8080, guest_port=80)
+    vm = await FakeBackend(tmp_dir=tmp_path).launch(vm_spec(tmp_path, volumes=(vol,), ports=(port,), network="group"))
+    try:
+        assert (vm.volumes, vm.ports, vm.network) == ((vol,), (port,), "group")
+    finally:
+        await vm.kill()
+
+
+async def test_the_fake_refuses_what_qemu_refuses(tmp_path: Path) -> None:
+    port = PortMap(host_port=8080, guest_port=80)
+    with pytest.raises(ConfigError, match="network scope is 'none'"):
+        await FakeBackend(tmp_dir=tmp_path).launch(vm_spec(tmp_path, ports=(port,), network="none"))
+    with pytest.raises(ConfigError, match="/dev, /proc or /sys"):
+        await FakeBackend(tmp_dir=tmp_path).launch(
+            vm_spec(tmp_path, volumes=(VolumeMount(host=tmp_path, guest="/proc"),))
+        )
+
+
+def test_confine_mounted_maps_volumes_to_their_host_directories(tmp_path: Path) -> None:
+    root, data, ref = tmp_path / "root", tmp_path / "data", tmp_path / "ref"
+    for d in (root, data, ref):
+        d.mkdir()
+    (data / "out").symlink_to(tmp_path)
+    vols = (VolumeMount(host=data, guest="/data"), VolumeMount(host=ref, guest="/mnt/ref", readonly=True))
+    assert confine_mounted(root, "/data/x", vols) == (data / "x", False)
+    assert confine_mounted(root, "/data", vols) == (data, False)
+    assert confine_mounted(root, "/mnt/ref/y", vols) == (ref / "y", True)
+    assert confine_mounted(root, "/database/z", vols) == (root / "database" / "z", False)
+    assert confine_mounted(root, "/data/../etc", vols) == (root / "etc", False)  # ".." as the guest sees it
+    with pytest.raises(PermissionError):
+        confine_mounted(root, "/data/out/root", vols)  # a symlink out of the volume

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import stat
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from engine.errors import AgentError
 from engine.vm import initramfs
-from engine.vm.initramfs import build_cpio, ensure_initramfs
+from engine.vm.initramfs import agent_source_version, build_cpio, check_agent_current, ensure_initramfs
 
 FIELDS = ["ino", "mode", "uid", "gid", "nlink", "mtime", "filesize", "devmajor", "devminor", "rdevmajor",
           "rdevminor", "namesize", "check"]  # fmt: skip
@@ -86,3 +87,31 @@ def test_missing_agent_says_how_to_build_it(tmp_path: Path) -> None:
     with pytest.raises(AgentError, match="not found") as info:
         ensure_initramfs(tmp_path / "nope", [], tmp_path / "cache")
     assert "make agent" in (info.value.hint or "")
+
+
+def fake_agent(path: Path, version: str) -> Path:
+    path.write_text(f"#!/bin/sh\necho 'msb-agent {version} (protocol 1)'\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_agent_version_is_the_hash_of_its_sources(tmp_path: Path) -> None:
+    (tmp_path / "b.c").write_bytes(b"B")
+    (tmp_path / "a.c").write_bytes(b"A")
+    (tmp_path / "x.h").write_bytes(b"H")
+    assert agent_source_version(tmp_path) == hashlib.sha256(b"ABH").hexdigest()[:16]  # the Makefile's order
+    assert agent_source_version(tmp_path / "none") is None
+
+
+def test_a_stale_agent_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "agent.c").write_bytes(b"int main;")
+    current = agent_source_version(src)
+    assert current is not None
+    check_agent_current(fake_agent(tmp_path / "good", current), src)
+    with pytest.raises(AgentError, match="version 0123456789abcdef, but its sources") as info:
+        check_agent_current(fake_agent(tmp_path / "old", "0123456789abcdef"), src)
+    assert "make agent" in (info.value.hint or "")
+    check_agent_current(tmp_path / "missing", src)  # ensure_initramfs reports that one
+    check_agent_current(fake_agent(tmp_path / "any", "x"), tmp_path / "no-sources")  # an installed package

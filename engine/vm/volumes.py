@@ -1,0 +1,135 @@
+"""QEMU arguments and guest boot parameters for volumes (host directories over virtio-9p).
+
+Volume ``N`` is ``-fsdev local,id=volN,path=HOST,security_model=none[,readonly=on]`` plus a
+virtio-9p device with mount tag ``msbvolN``; the guest agent mounts it from the boot
+parameter ``msb.vol=msbvolN:ro|rw:PATH`` (engine/guest/agent/volumes.c) after switching to
+the sandbox's root. ``PATH`` is %XX-encoded outside a small safe set, because the kernel
+command line is split at spaces.
+
+QEMU's ``local`` backend opens every path component relative to the shared directory with
+``O_NOFOLLOW``: the guest cannot leave it, not even through a symlink placed inside it
+(tests/integration/test_volumes.py checks).
+
+Security model: a read-write volume uses ``mapped-xattr`` (``mapped-file`` where the host
+file system has no user xattrs). The guest's owners, modes and special files are recorded in
+extended attributes instead of being applied on the host, so a hostile guest cannot plant a
+setuid-root program or a device node (which QEMU, if it runs as root, would then open for
+the guest: the host's raw disk) in the host directory. Files the guest creates appear on the
+host owned by the user running msb with mode 0644 (directories 0755). Read-only volumes
+use ``none``: the guest sees the host files' real owners and modes and can change nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import string
+from collections.abc import Callable
+
+from engine.errors import ConfigError
+from engine.sandbox.spec import VolumeMount
+from engine.vm.backend import VmSpec
+
+MAX_VOLUMES = 16
+"""Matches the agent's ``MAX_VOLUMES``; microvm also has a bounded number of virtio slots."""
+MAX_GUEST_PATH = 255
+"""Bytes of a decoded guest mount point (the agent holds 1023 encoded)."""
+RESERVED = ("/dev", "/proc", "/sys")
+"""Guest trees the agent mounts itself; a volume over them would break the sandbox."""
+_SAFE = frozenset(string.ascii_letters + string.digits + "/._+@=,~-")
+
+
+def encode_guest_path(path: str) -> str:
+    """%XX-encode every byte of ``path`` outside ``[A-Za-z0-9/._+@=,~-]`` (UTF-8)."""
+    return "".join(chr(b) if chr(b) in _SAFE else f"%{b:02X}" for b in path.encode())
+
+
+def check_volumes(volumes: tuple[VolumeMount, ...]) -> None:
+    """Refuse volume sets the guest could not mount as asked (pure: no file system access).
+
+    Raises:
+        ConfigError: too many volumes, a guest path that is not normalised, has control
+            characters, is too long, lies in /dev, /proc or /sys, or is nested in (or equal to)
+            another volume's path.
+    """
+    if len(volumes) > MAX_VOLUMES:
+        raise ConfigError(f"{len(volumes)} volumes, at most {MAX_VOLUMES} are supported",
+                          hint="share a common parent directory instead")  # fmt: skip
+    guests: list[str] = []
+    for v in volumes:
+        g = v.guest
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in g):
+            raise ConfigError(f"volume guest path {g!r} contains control characters",
+                              hint="use a plain absolute path such as /data")  # fmt: skip
+        if posixpath.normpath(g) != g or g.startswith("//"):
+            raise ConfigError(f"volume guest path {g!r} is not normalised",
+                              hint=f"write it as {posixpath.normpath(g)!r}")  # fmt: skip
+        if len(g.encode()) > MAX_GUEST_PATH:
+            raise ConfigError(f"volume guest path {g[:40]!r}… is longer than {MAX_GUEST_PATH} bytes",
+                              hint="mount it at a shorter path")  # fmt: skip
+        if any(g == r or g.startswith(r + "/") for r in RESERVED):
+            raise ConfigError(f"volume guest path {g!r} is inside /dev, /proc or /sys, which the guest needs",
+                              hint="mount it elsewhere, e.g. under /mnt")  # fmt: skip
+        for other in guests:
+            if g == other or g.startswith(other + "/") or other.startswith(g + "/"):
+                raise ConfigError(f"volume guest paths {other!r} and {g!r} overlap",
+                                  hint="give each volume its own, non-nested mount point")  # fmt: skip
+        guests.append(g)
+
+
+def check_host_dirs(volumes: tuple[VolumeMount, ...]) -> None:
+    """Check each volume's host side is an existing directory.
+
+    Raises:
+        ConfigError: a host path is missing or not a directory.
+    """
+    for v in volumes:
+        if not os.path.isdir(v.host):
+            raise ConfigError(f"volume host directory {v.host} does not exist or is not a directory",
+                              hint="create it first, or fix the path")  # fmt: skip
+
+
+def security_model(host: str, readonly: bool) -> str:
+    """The 9p security model for a volume (see the module docstring)."""
+    if readonly:
+        return "none"
+    probe = "user.msb.probe"
+    try:
+        os.setxattr(host, probe, b"1")
+        os.removexattr(host, probe)
+    except OSError:
+        return "mapped-file"
+    return "mapped-xattr"
+
+
+def _qemu_value(text: str) -> str:
+    """Escape a QEMU option value (a comma is written twice)."""
+    return text.replace(",", ",,")
+
+
+def volume_args(spec: VmSpec, dev: Callable[[str], str]) -> list[str]:
+    """QEMU arguments for ``spec.volumes``.
+
+    Args:
+        spec: the VM.
+        dev: maps a virtio device kind to the machine's variant (``-device`` / ``-pci``).
+
+    Raises:
+        ConfigError: see :func:`check_volumes`.
+    """
+    check_volumes(spec.volumes)
+    argv: list[str] = []
+    for i, v in enumerate(spec.volumes):
+        model = security_model(str(v.host), v.readonly)
+        fsdev = f"local,id=vol{i},path={_qemu_value(str(v.host))},security_model={model},multidevs=remap"
+        fsdev += ",readonly=on" if v.readonly else ",fmode=0644,dmode=0755"
+        argv += ["-fsdev", fsdev, "-device", f"{dev('virtio-9p')},fsdev=vol{i},mount_tag=msbvol{i}"]
+    return argv
+
+
+def volume_cmdline(spec: VmSpec) -> list[str]:
+    """Guest boot parameters for ``spec.volumes`` (one ``msb.vol=`` each, in order)."""
+    return [
+        f"msb.vol=msbvol{i}:{'ro' if v.readonly else 'rw'}:{encode_guest_path(v.guest)}"
+        for i, v in enumerate(spec.volumes)
+    ]
