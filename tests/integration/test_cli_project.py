@@ -155,3 +155,41 @@ def test_unknown_sandbox_exits_2(project: Path) -> None:
     out = msb(project, "run", "nope")
     assert out.returncode == 2 and "no sandbox named 'nope'" in out.stderr
     assert not (project / ".menv" / "sandboxes" / "nope").exists()
+
+
+def test_volumes_relative_to_the_sandboxfile_and_a_published_port(tmp_path: Path, base_images: None) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("hello through a volume\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "Sandboxfile").write_text(f"""\
+sandboxes:
+  web:
+    image: microsandbox/python
+    volumes: ["./site:/srv/site:ro", "out:/out"]
+    ports: ["{port}:8000"]
+    workdir: /srv/site
+    scripts:
+      start: echo written-by-guest > /out/note; exec python3 -m http.server 8000
+""")
+    try:
+        out = msb(tmp_path, "run", "-d", "web")
+        assert out.returncode == 0, out.stderr
+        deadline, body = time.monotonic() + 30, ""
+        while time.monotonic() < deadline and not body:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2).read().decode()
+            except OSError:
+                time.sleep(0.2)
+        assert body == "hello through a volume\n"
+        assert (tmp_path / "out" / "note").read_text() == "written-by-guest\n"
+        refused = msb(tmp_path, "shell", "-T", "web", input=b"echo x > /srv/site/index.html\n")
+        assert refused.returncode != 0 and "Read-only file system" in refused.stderr + refused.stdout
+    finally:
+        msb(tmp_path, "stop", "web")
+    assert (tmp_path / "site" / "index.html").read_text() == "hello through a volume\n"
