@@ -75,23 +75,25 @@ def _tree(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")} if root.exists() else set()
 
 
-def _trace(cwd: Path, state: Path) -> tuple[set[str], set[str], set[str]]:
-    tmp = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
-    return set(os.listdir(tmp)), _tree(state), _tree(cwd)
+def _trace(cwd: Path, state: Path, tmp: Path) -> tuple[set[str], set[str], set[str]]:
+    return _tree(tmp), _tree(state), _tree(cwd)
 
 
 def test_exe_leaves_no_trace_in_tmp_state_or_project_even_after_ctrl_c(busybox_rootfs: Path, tmp_path: Path) -> None:
     """Ephemeral means nothing in /tmp, the state dir or the current directory (no .menv)."""
-    cwd, state = tmp_path / "project", tmp_path / "state"
+    cwd, state, tmp = tmp_path / "project", tmp_path / "state", tmp_path / "tmp"
     cwd.mkdir()
+    tmp.mkdir()
     (cwd / "Sandboxfile").write_text("sandboxes: {}\n")
-    env = {**os.environ, "MSB_STORAGE_PATH": str(state)}
-    before = _trace(cwd, state)
+    # a private temporary directory, so other processes on the machine cannot disturb the listing
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    env.update(MSB_STORAGE_PATH=str(state), TMPDIR=str(tmp))
+    before = _trace(cwd, state, tmp)
     done = subprocess.run([*MSB, "exe", "-q", "--scope", "none", str(busybox_rootfs), "--", "sh", "-c",
                            "echo data > /root/file; cat /root/file"], cwd=cwd, env=env, capture_output=True,
                           timeout=120)  # fmt: skip
     assert done.returncode == 0 and done.stdout == b"data\n", done.stderr
-    assert _trace(cwd, state) == before
+    assert _trace(cwd, state, tmp) == before
     proc = subprocess.Popen([*MSB, "exe", "-q", "--scope", "none", str(busybox_rootfs), "--", "sh", "-c",
                              "echo started; sleep 300"], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
@@ -99,6 +101,6 @@ def test_exe_leaves_no_trace_in_tmp_state_or_project_even_after_ctrl_c(busybox_r
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 130
     deadline = time.monotonic() + 10
-    while _trace(cwd, state) != before and time.monotonic() < deadline:
+    while _trace(cwd, state, tmp) != before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _trace(cwd, state) == before
+    assert _trace(cwd, state, tmp) == before
