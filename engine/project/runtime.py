@@ -150,16 +150,20 @@ class Project:
         return SandboxDir(self.menv / "sandboxes" / name, name)
 
 
-def _supervisor_argv(project: Project, name: str, command: list[str] | None, *, wait_attach: bool) -> list[str]:
+def _supervisor_argv(project: Project, name: str, command: list[str] | None, *, wait_attach: bool,
+                     keep_alive: bool) -> list[str]:  # fmt: skip
     argv = [sys.executable, "-m", "engine.project.supervisor", "--file", str(project.path), "--name", name]
     if command is not None:
         argv += ["--command", json.dumps(command)]
     if wait_attach:
         argv.append("--wait-attach")
+    if keep_alive:
+        argv.append("--keep-alive")
     return argv
 
 
-async def launch(project: Project, name: str, command: list[str] | None, *, wait_attach: bool = False) -> SandboxState:
+async def launch(project: Project, name: str, command: list[str] | None, *, wait_attach: bool = False,
+                 keep_alive: bool = False) -> SandboxState:  # fmt: skip
     """Start a supervisor for ``name`` in its own session and wait until the VM is ready.
 
     Args:
@@ -168,6 +172,7 @@ async def launch(project: Project, name: str, command: list[str] | None, *, wait
         command: the main process (the sandbox stops when it exits); ``None`` = stay up idle
             until ``msb stop``.
         wait_attach: start ``command`` only when a client attaches (foreground ``msb run``).
+        keep_alive: stay up after ``command`` exits, until ``msb stop`` (msb-tui's start).
 
     Raises:
         StartError: the sandbox did not start (the supervisor's message and hint).
@@ -176,7 +181,7 @@ async def launch(project: Project, name: str, command: list[str] | None, *, wait
     sdir.path.mkdir(parents=True, exist_ok=True)
     with open(sdir.supervisor_log, "ab") as log:
         proc = subprocess.Popen(
-            _supervisor_argv(project, name, command, wait_attach=wait_attach),
+            _supervisor_argv(project, name, command, wait_attach=wait_attach, keep_alive=keep_alive),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
             start_new_session=True, cwd=project.dir, close_fds=True,
         )  # fmt: skip

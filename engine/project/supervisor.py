@@ -8,7 +8,7 @@ socket (:mod:`engine.project.control`). The sandbox stops when its main process 
 ``msb stop``, or on SIGTERM; if the VM dies, the state says ``crashed``.
 
 Run as ``python -m engine.project.supervisor --file SANDBOXFILE --name NAME
-[--command JSON] [--wait-attach]``.
+[--command JSON] [--wait-attach] [--keep-alive]``.
 """
 
 from __future__ import annotations
@@ -42,12 +42,15 @@ ATTACH_WAIT_S = 60.0
 
 
 class Supervisor:
-    def __init__(self, sdir: SandboxDir, sandbox: Sandbox, command: list[str] | None, wait_attach: bool) -> None:
+    def __init__(self, sdir: SandboxDir, sandbox: Sandbox, command: list[str] | None, wait_attach: bool,
+                 keep_alive: bool = False) -> None:  # fmt: skip
         self.sdir = sdir
         self.sandbox = sandbox
         self.command = command
         self.main: MainProcess | None = None
         self.wait_attach = wait_attach and command is not None
+        self.keep_alive = keep_alive
+        """Stay up (idle) after the main process exits, until ``stop`` (msb-tui's start)."""
         self.done = asyncio.Event()
         self.exit_code: int | None = None
         self.reason = ""
@@ -72,7 +75,10 @@ class Supervisor:
     async def _main_finished(self, main: MainProcess) -> None:
         self.exit_code = await main.finished()
         self.reason = f"its main process exited with {self.exit_code}"
-        self.done.set()
+        if self.keep_alive:
+            log.info("%s; staying up until stopped", self.reason)
+        else:
+            self.done.set()
 
     async def _attach_deadline(self) -> None:
         await asyncio.sleep(ATTACH_WAIT_S)
@@ -148,7 +154,8 @@ class Supervisor:
         return {
             "name": self.sandbox.name, "accel": self.sandbox.accel, "vm_pid": self.sandbox.vm.pid,
             "uptime_s": time.time() - self.sandbox.started_at, "command": self.command,
-            "main_running": self.main is not None and not self.main.exited, **metrics,
+            "main_running": self.main is not None and not self.main.exited, "main_exit_code": self.exit_code,
+            **metrics,
         }  # fmt: skip
 
     # ---------------------------------------------------------------- life
@@ -199,7 +206,8 @@ async def _boot(sandboxfile: Path, name: str, sdir: SandboxDir) -> Sandbox:
     return await Engine().start(spec)
 
 
-async def amain(sandboxfile: Path, name: str, command: list[str] | None, wait_attach: bool) -> int:
+async def amain(sandboxfile: Path, name: str, command: list[str] | None, wait_attach: bool,
+                keep_alive: bool = False) -> int:  # fmt: skip
     sdir = SandboxDir(sandboxfile.parent / ".menv" / "sandboxes" / name, name)
     sdir.path.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(sdir.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -219,7 +227,7 @@ async def amain(sandboxfile: Path, name: str, command: list[str] | None, wait_at
         return 1
     ctl_dir = Path(tempfile.mkdtemp(prefix="msb-ctl-", dir=os.environ.get("XDG_RUNTIME_DIR") or None))
     sock = ctl_dir / "control.sock"
-    sup = Supervisor(sdir, sandbox, command, wait_attach)
+    sup = Supervisor(sdir, sandbox, command, wait_attach, keep_alive)
     server = await asyncio.start_unix_server(sup.handle, path=str(sock), limit=MAX_LINE)
     loop = asyncio.get_running_loop()
     for signo in (signal.SIGTERM, signal.SIGINT):
@@ -255,12 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--command", help="main process argv as a JSON list")
     parser.add_argument("--wait-attach", action="store_true")
+    parser.add_argument("--keep-alive", action="store_true", help="stay up after the main process exits")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("MSB_LOG_LEVEL", "info").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     command = json.loads(args.command) if args.command else None
-    return asyncio.run(amain(args.file.resolve(), args.name, command, args.wait_attach))
+    return asyncio.run(amain(args.file.resolve(), args.name, command, args.wait_attach, args.keep_alive))
 
 
 if __name__ == "__main__":

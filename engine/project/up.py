@@ -65,9 +65,12 @@ async def start_dependencies(project: Project, order: list[str], entries: dict[s
 
 
 async def start_in_background(project: Project, name: str, progress: Progress = NO_PROGRESS,
-                              on_started: Callable[[str], None] | None = None) -> SandboxState:  # fmt: skip
+                              on_started: Callable[[str], None] | None = None, *,
+                              keep_alive: bool = False) -> SandboxState:  # fmt: skip
     """Start ``name`` (and its dependencies) in the background running ``scripts.start``, or
-    idle without one. Already running → its state, unchanged.
+    idle without one. Already running → its state, unchanged. With ``keep_alive`` the
+    sandbox stays up after the start script ends (msb-tui: a started sandbox is one you can
+    open shells and REPLs in).
 
     Raises:
         ConfigError: see :func:`check`. StartError: the VM did not come up.
@@ -78,4 +81,4 @@ async def start_in_background(project: Project, name: str, progress: Progress = 
         return sdir.state()
     roots = await resolve_all(project, entries, progress)
     await start_dependencies(project, order, entries, roots, on_started)
-    return await launch(project, name, start_script(entries[name], roots[name]))
+    return await launch(project, name, start_script(entries[name], roots[name]), keep_alive=keep_alive)
