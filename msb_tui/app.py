@@ -1,22 +1,39 @@
 """msb-tui — the Textual workbench.
 
-This first version shows the engine's readiness (kernel, agent, accelerator) so that
-``make run`` proves the stack is set up; the full workbench (Sandboxfile editor, images,
-metrics, shells, REPLs) is tracked in its own issue.
+Thin on purpose: the app holds the :class:`~msb_tui.workbench.Workbench` (the seam to the
+engine or a server), registers the themes and the screens, and owns the global bindings.
+Screens live in ``msb_tui/screens/`` (one per module), widgets in ``msb_tui/widgets/``.
 """
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from textual import work
-from textual.app import App, ComposeResult
+from textual.app import App
 from textual.binding import Binding, BindingType
-from textual.widgets import Footer, Header, Static
+from textual.screen import Screen
 
-THEMES = Path(__file__).resolve().parent.parent / "themes"
+from engine.errors import MsbError
+from msb_tui.commands import WorkbenchCommands
+from msb_tui.screens.dashboard import DashboardScreen
+from msb_tui.themes import THEMES_DIR, load_themes
+from msb_tui.workbench import SandboxRow, Workbench
+
+
+def _editor_screen() -> Screen[Any]:
+    # Imported when first shown: the editor's YAML round-trip and file watcher are not needed
+    # for the first frame (startup budget: 1 s).
+    from msb_tui.screens.editor import EditorScreen
+
+    return EditorScreen()
+
+
+def _images_screen() -> Screen[Any]:
+    from msb_tui.screens.images import ImagesScreen
+
+    return ImagesScreen()
 
 
 class MsbApp(App[None]):
@@ -24,61 +41,75 @@ class MsbApp(App[None]):
 
     TITLE = "msb"
     SUB_TITLE = "microVM sandboxes"
-    CSS_PATH = str(THEMES / "base.tcss") if (THEMES / "base.tcss").exists() else None
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("q", "quit", "Quit", show=True)]
+    CSS_PATH = [  # noqa: RUF012 - Textual's own type for it is a plain list
+        THEMES_DIR / "base.tcss",
+        THEMES_DIR / "dashboard.tcss",
+        THEMES_DIR / "logs.tcss",
+        THEMES_DIR / "help.tcss",
+        THEMES_DIR / "images.tcss",
+        THEMES_DIR / "repl.tcss",
+        THEMES_DIR / "shell.tcss",
+        THEMES_DIR / "editor.tcss",
+    ]
+    COMMANDS = App.COMMANDS | {WorkbenchCommands}
+    MODES: ClassVar[dict[str, Callable[[], Screen[Any]]]] = {  # type: ignore[assignment]
+        "dashboard": DashboardScreen,
+        "editor": _editor_screen,
+        "images": _images_screen,
+    }
+    DEFAULT_MODE = "dashboard"
+    HELP_TITLE = "Everywhere"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("f1,question_mark", "help", "Help", tooltip="Every key binding"),
+        Binding("f2", "switch_mode('dashboard')", "Dashboard", tooltip="Sandboxes, live metrics"),
+        Binding("f3", "switch_mode('editor')", "Sandboxfile", tooltip="Edit the project's Sandboxfile"),
+        Binding("f4", "switch_mode('images')", "Images", tooltip="Pull, remove, build images"),
+        Binding("ctrl+t", "toggle_theme", "Theme", tooltip="Switch between the dark and light theme"),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
 
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield Static("Checking the engine…", id="status")
-        yield Footer()
+    metrics_interval: float | None = 1.0
+    """Seconds between the dashboard's metric polls; ``None``: no timer (tests poll by hand)."""
+
+    def __init__(self, workbench: Workbench, *, theme: str = "msb-dark") -> None:
+        super().__init__()
+        self.workbench = workbench
+        self.last_sandboxes: list[SandboxRow] = []
+        """The dashboard's latest list (the command palette offers actions on these)."""
+        for t in load_themes():
+            self.register_theme(t)
+        self.theme = theme
+
+    @property
+    def sandboxfile(self) -> Path | None:
+        return self.workbench.sandboxfile
 
     def on_mount(self) -> None:
-        self.check_engine()
+        self.sub_title = self.workbench.description
 
-    @work(exclusive=True, group="engine")
-    async def check_engine(self) -> None:
-        from engine.errors import MsbError
-        from engine.sandbox.engine import Engine
+    def report(self, exc: BaseException, what: str) -> None:
+        """The one place errors are shown: a notification with the message and its hint
+        (never a traceback). Unexpected exceptions say so and point at the log."""
+        if isinstance(exc, MsbError):
+            text = exc.message + (f"\n{exc.hint}" if exc.hint else "")
+        else:
+            text = f"unexpected {type(exc).__name__}: {exc}\n(this is a bug in msb-tui; please report it)"
+        self.notify(text, title=f"{what} failed", severity="error", timeout=8, markup=False)
 
-        status = self.query_one("#status", Static)
-        try:
-            assets = await Engine().prepare()
-        except MsbError as exc:
-            status.update(f"The engine is not ready:\n\n{exc}")
-            status.add_class("error")
-            return
-        lines = [
-            f"kernel       {assets.kernel.kind} {assets.kernel.version}",
-            f"accelerator  {assets.accel.accel}  ({assets.accel.reason})",
-        ]
-        if assets.accel.warning:
-            lines.append(f"\n⚠ {assets.accel.warning}")
-        lines.append("\nTry:  msb exe ~/.cache/msb/rootfs-dirs/busybox -- uname -a")
-        status.update("\n".join(lines))
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """While a widget that captures keys has focus (a shell's terminal: ``captures_keys``),
+        the app's own bindings step aside — hidden, and their keys (ctrl+p, F1…) reach the
+        guest. Quitting (ctrl+q) still works."""
+        return action == "quit" or not getattr(self.focused, "captures_keys", False)
 
+    def action_toggle_theme(self) -> None:
+        self.theme = "msb-light" if self.theme == "msb-dark" else "msb-dark"
 
-def main() -> None:
-    """Entry point of the ``msb-tui`` console script."""
-    parser = argparse.ArgumentParser(prog="msb-tui", description="msb terminal workbench")
-    parser.add_argument("--headless", action="store_true",
-                        help="run the engine as a server (same as `msb server start`), no UI")
-    parser.add_argument("--host", default=None)
-    parser.add_argument("--port", type=int, default=None)
-    parser.add_argument("--dev", action="store_true", default=None, help="server without authentication")
-    parser.add_argument("--key", default=None, help="server secret (env MSB_SERVER_KEY)")
-    args = parser.parse_args()
-    if args.headless:
-        from engine.errors import MsbError
-        from engine.server.main import serve
-        from engine.server.settings import ServerSettings
+    def action_help(self) -> None:
+        from msb_tui.screens.help import HelpScreen
 
-        try:
-            serve(ServerSettings.from_env(host=args.host, port=args.port, dev=args.dev, key=args.key))
-        except MsbError as exc:
-            raise SystemExit(f"msb-tui: error: {exc}") from None
-        return
-    MsbApp().run()
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
 
-
-if __name__ == "__main__":
-    main()
+    async def on_unmount(self) -> None:
+        await self.workbench.close()

@@ -118,6 +118,19 @@ class Sandboxfile:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read {display_path(path)}: {exc}", hint="check the file's permissions") from exc
+        return cls.loads(text, path, validate=validate)
+
+    @classmethod
+    def loads(cls, text: str, path: Path, *, validate: bool = True) -> Sandboxfile:
+        """A Sandboxfile from ``text`` (e.g. an editor's buffer) that :meth:`save` writes to
+        ``path``; messages name ``path``. Nothing is read from disk.
+
+        Args:
+            validate: check every entry now (see :meth:`validate`).
+
+        Raises:
+            ConfigError: not YAML or not valid (file:line:col).
+        """
         sbf = cls(path, _parse(text, path), text)
         if validate:
             sbf.validate()

@@ -1,0 +1,63 @@
+"""``msb-tui`` entry point: the workbench, or ``--headless`` the server."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from msb_tui.workbench import Workbench
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msb-tui", description="msb terminal workbench")
+    parser.add_argument("-f", "--file", type=Path, default=None,
+                        help="the Sandboxfile (default: the nearest one from here upwards)")  # fmt: skip
+    parser.add_argument("--server", metavar="URL", default=None, help="work against a remote msb server")
+    parser.add_argument("--api-key", default=None, help="API key for --server (env MSB_API_KEY)")
+    parser.add_argument("--theme", choices=["msb-dark", "msb-light"], default="msb-dark")
+    parser.add_argument("--headless", action="store_true",
+                        help="run the engine as a server (same as `msb server start`), no UI")
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--dev", action="store_true", default=None, help="server without authentication")
+    parser.add_argument("--key", default=None, help="server secret (env MSB_SERVER_KEY)")
+    return parser
+
+
+def make_workbench(args: argparse.Namespace) -> Workbench:
+    """The workbench the flags ask for (raises MsbError with a hint if it cannot be made)."""
+    if args.server:
+        from msb_tui.remote import RemoteWorkbench
+
+        return RemoteWorkbench(args.server, api_key=args.api_key)
+    from msb_tui.local import LocalWorkbench
+
+    return LocalWorkbench.open(args.file)
+
+
+def main() -> None:
+    """Entry point of the ``msb-tui`` console script."""
+    args = _parser().parse_args()
+    from engine.errors import MsbError
+
+    if args.headless:
+        from engine.server.main import serve
+        from engine.server.settings import ServerSettings
+
+        try:
+            serve(ServerSettings.from_env(host=args.host, port=args.port, dev=args.dev, key=args.key))
+        except MsbError as exc:
+            raise SystemExit(f"msb-tui: error: {exc}") from None
+        return
+    try:
+        workbench = make_workbench(args)
+    except MsbError as exc:
+        hint = f"\nmsb-tui: hint: {exc.hint}" if exc.hint else ""
+        raise SystemExit(f"msb-tui: error: {exc.message}{hint}") from None
+    from msb_tui.app import MsbApp
+
+    MsbApp(workbench, theme=args.theme).run()
+
+
+if __name__ == "__main__":
+    main()
