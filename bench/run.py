@@ -136,7 +136,7 @@ def render_tui(r: dict[str, Any]) -> str:
         "(embedded engine, this repository's Sandboxfile) in a fresh tmux pane, from spawning it until "
         "`tmux capture-pane` shows the dashboard's footer (polled every 5 ms); the floor is the same "
         "measurement of a `python3 -c 'print(\"ready\")'`. Typing: the REPL screen over the fake "
-        "workbench while four running sandboxes' metrics change every 50 ms.",
+        "workbench while four running sandboxes' metrics change and the dashboard polls every 50 ms.",
         "",
         "| measure | result | target |",
         "|---|---|---|",
@@ -145,7 +145,7 @@ def render_tui(r: dict[str, Any]) -> str:
         _row("floor: python3 start-up to a printed line (ms)", f"p50 {r['python_floor_ms']['p50']}", ""),
         _row("ratio: first frame / python floor",
              round(r["tui_first_frame_ms"]["p50"] / r["python_floor_ms"]["p50"], 1), ""),
-        _row("key press → processed, REPL input, 4 sandboxes streaming (ms)",
+        _row("key event → character in the REPL input, 4 sandboxes streaming (ms)",
              f"p50 {r['key_latency_ms']['p50']} / max {r['key_latency_ms']['max']} (n={r['key_latency_ms']['n']})",
              ""),
     ]

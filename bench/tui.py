@@ -6,8 +6,8 @@ stream metrics.
   `tmux capture-pane` shows the dashboard's footer. Polling every 5 ms bounds the error.
   Floor in the same run: the same measurement of `python3 -c 'print("ready")'`.
 - Typing: the app over the fake workbench with four running sandboxes whose metrics change
-  every 50 ms (20× the dashboard's real 1 Hz), the REPL screen open; each key press is timed
-  from `pilot.press` to the screen having processed it.
+  every 50 ms and a dashboard polling every 50 ms (20× its real 1 Hz), the REPL screen open;
+  each key event is timed from being posted to the REPL input until its character is in the buffer.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ async def typing_latency(keys: int) -> dict[str, Any]:
                        cpu_percent=1.0, memory_mib=64.0) for i in range(4)]  # fmt: skip
     workbench = FakeWorkbench(None, sandboxes=rows)
     app = MsbApp(workbench)
+    app.metrics_interval = 0.05  # the dashboard (under the REPL) polls 20x a second
     latencies = []
     async with app.run_test(size=(120, 36)) as pilot:
         await pilot.pause()
@@ -81,10 +82,19 @@ async def typing_latency(keys: int) -> dict[str, Any]:
         ticker = asyncio.create_task(stream())
         await app.push_screen(ReplScreen("sb0"))
         await pilot.pause()
+        from textual import events
+
+        from msb_tui.widgets.repl_input import ReplInput
+
+        editor = app.screen.query_one(ReplInput)
         try:
             for i in range(keys):
+                char = "abcdefghij"[i % 10]
+                before = len(editor.text)
                 t0 = time.perf_counter()
-                await pilot.press("abcdefghij"[i % 10])
+                editor.post_message(events.Key(char, char))
+                while len(editor.text) == before:  # processed: the character is in the buffer
+                    await asyncio.sleep(0)
                 latencies.append((time.perf_counter() - t0) * 1000)
         finally:
             ticker.cancel()
