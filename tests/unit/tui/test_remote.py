@@ -1,0 +1,62 @@
+"""RemoteWorkbench (``msb-tui --server``) against the real server app in-process over the
+FakeService: the dashboard's rows, start/stop, the REPL, and clear errors for what the
+server's API does not offer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engine.client.rpc import RpcClient
+from engine.errors import MsbError
+from engine.server.app import build_app
+from engine.server.auth import make_key
+from engine.server.fake_service import FakeService
+from engine.server.service import SandboxConfig
+from engine.server.settings import ServerSettings
+from msb_tui.remote import RemoteWorkbench
+
+SECRET = "k" * 32
+
+
+@pytest.fixture
+async def remote(tmp_path: Path) -> AsyncIterator[tuple[RemoteWorkbench, FakeService]]:
+    service = FakeService()
+    await service.start("default", "api", SandboxConfig(image="microsandbox/python"))
+    await service.stop("default", "api")
+    app = build_app(ServerSettings(storage=tmp_path), service, secret=SECRET)
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://msb.test")
+    rpc = RpcClient("http://msb.test", make_key(SECRET, namespace="default"), client=http)
+    workbench = RemoteWorkbench("http://msb.test", client=rpc)
+    yield workbench, service
+    await workbench.close()
+
+
+async def test_rows_start_repl_stop(remote: tuple[RemoteWorkbench, FakeService]) -> None:
+    wb, _ = remote
+    assert wb.sandboxfile is None and "http://msb.test" in wb.description
+    assert [(r.name, r.status) for r in await wb.sandboxes()] == [("api", "stopped")]
+    await wb.start("api")
+    rows = await wb.sandboxes()
+    assert rows[0].status == "running" and rows[0].cpu_percent is not None
+    assert (await wb.run_code("api", "python", "x = 1")).status == "success"
+    assert [line.text for line in (await wb.run_code("api", "python", "x + 1")).output] == ["2"]
+    await wb.stop("api")
+    assert (await wb.sandboxes())[0].status == "stopped"
+
+
+async def test_server_errors_and_unsupported_operations_say_what_to_do(
+    remote: tuple[RemoteWorkbench, FakeService],
+) -> None:
+    wb, _ = remote
+    with pytest.raises(MsbError, match="not found"):
+        await wb.start("ghost")
+    for call in (wb.shell("api", 24, 80), wb.images(), wb.interrupt("api", "python")):
+        with pytest.raises(MsbError) as info:
+            await call
+        assert "server's API" in info.value.message and info.value.hint
+    with pytest.raises(MsbError, match="server's API"):
+        await anext(wb.logs("api"))
