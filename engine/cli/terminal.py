@@ -20,9 +20,20 @@ from engine.project.control import StreamingProcess as Process
 
 
 def terminal_size() -> tuple[int, int]:
-    """(rows, cols) of the controlling terminal, 24×80 if unknown."""
-    size = shutil.get_terminal_size((80, 24))
-    return size.lines, size.columns
+    """(rows, cols) of the terminal on stdin/stdout, else ``$LINES``/``$COLUMNS``, else 24×80.
+
+    The terminal itself comes first: exported ``LINES``/``COLUMNS`` are a snapshot from
+    whenever the shell set them and would turn every window resize into a no-op.
+    """
+    for stream in (sys.stdin, sys.stdout):
+        try:
+            size = os.get_terminal_size(stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            continue
+        if size.lines > 0 and size.columns > 0:
+            return size.lines, size.columns
+    fallback = shutil.get_terminal_size((80, 24))
+    return fallback.lines, fallback.columns
 
 
 @contextlib.contextmanager

@@ -34,8 +34,10 @@ def test_shell_resize_and_terminal_restored(tmp_path: Path, busybox_rootfs: Path
     (tmp_path / "Sandboxfile").write_text(f"sandboxes:\n  box:\n    image: {busybox_rootfs}\n    scope: none\n")
     session = f"msb-test-{uuid.uuid4().hex[:8]}"
     env_path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", "-c", str(tmp_path),
-                    f"env PATH={env_path} MSB_QUIET=1 PS1='host$ ' bash --norc"], check=True)  # fmt: skip
+    # exported COLUMNS/LINES (a shell's stale snapshot) must not hide the real size from msb
+    shell = f"env PATH={env_path} MSB_QUIET=1 PS1='host$ ' COLUMNS=100 LINES=30 bash --norc"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", "-c", str(tmp_path), shell],
+                   check=True)  # fmt: skip
     try:
         _wait_for(session, "host$")
         subprocess.run(["tmux", "send-keys", "-t", session, f"{sys.executable} -m engine.cli.main shell box", "Enter"])
@@ -43,8 +45,12 @@ def test_shell_resize_and_terminal_restored(tmp_path: Path, busybox_rootfs: Path
         subprocess.run(["tmux", "send-keys", "-t", session, "echo size=$(stty size)", "Enter"])
         _wait_for(session, "size=30 100")
         subprocess.run(["tmux", "resize-window", "-t", session, "-x", "120", "-y", "40"], check=True)
-        subprocess.run(["tmux", "send-keys", "-t", session, "clear; echo size=$(stty size)", "Enter"])
-        _wait_for(session, "size=40 120")
+        # the resize reaches msb as SIGWINCH and the guest pty a moment later: ask until it shows
+        deadline = time.monotonic() + 30
+        while "size=40 120" not in _pane(session) and time.monotonic() < deadline:
+            subprocess.run(["tmux", "send-keys", "-t", session, "clear; echo size=$(stty size)", "Enter"])
+            time.sleep(0.5)
+        _wait_for(session, "size=40 120", timeout=1)
         subprocess.run(["tmux", "send-keys", "-t", session, "exit 4", "Enter"])
         _wait_for(session, "host$")
         subprocess.run(["tmux", "send-keys", "-t", session, "echo rc=$? && stty -a | grep -o -- '-\\?icanon'",
