@@ -9,6 +9,9 @@ was not found; 130 interrupted (Ctrl-C).
 
 from __future__ import annotations
 
+import asyncio
+import signal
+
 import click
 
 from engine.errors import ConfigError, ExecError, MsbError
@@ -47,3 +50,14 @@ def parse_env_options(envs: tuple[str, ...] | list[str], hint: str = "--env") ->
             raise click.BadParameter(f"{item!r} is not K=V", param_hint=hint)
         env[key] = value
     return env
+
+
+def cancel_on_hangup() -> None:
+    """Turn SIGHUP/SIGTERM into cancelling the current task, so ``finally`` blocks clean up
+    (stop what this command started, remove run directories) when the terminal goes away."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is None:
+        return
+    for signo in (signal.SIGHUP, signal.SIGTERM):
+        loop.add_signal_handler(signo, task.cancel)

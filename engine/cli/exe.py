@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from engine.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, fail, parse_env_options
+from engine.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, cancel_on_hangup, fail, parse_env_options
 from engine.errors import MsbError
 from engine.vm.accel import TCG_WARNING
 
@@ -80,6 +80,7 @@ async def _exe(image: str, argv: list[str], options: dict[str, object], timeout:
     from engine.sandbox.engine import Engine
 
     interactive = sys.stdin.isatty() and sys.stdout.isatty() if tty is None else tty
+    cancel_on_hangup()
     try:
         root = await resolve_root(image, progress=BarProgress(quiet=quiet))
     except MsbError as exc:
@@ -109,6 +110,8 @@ async def _exe(image: str, argv: list[str], options: dict[str, object], timeout:
         return await attach(proc, interactive=False, forward_stdin=True)
     except MsbError as exc:
         return fail(exc)
+    except asyncio.CancelledError:  # SIGHUP/SIGTERM: the terminal went away
+        return EXIT_INTERRUPTED
     finally:
         # Ephemeral: nothing to keep, so killing is both faster and complete.
         await sandbox.kill()

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from engine.cli.common import EXIT_INTERRUPTED, EXIT_NOT_THERE, EXIT_USAGE, fail
+from engine.cli.common import EXIT_INTERRUPTED, EXIT_NOT_THERE, EXIT_USAGE, cancel_on_hangup, fail
 from engine.errors import ConfigError, MsbError
 from engine.vm.accel import TCG_WARNING
 
@@ -176,6 +176,7 @@ async def _shell(name: str, interactive: bool, quiet: bool, file: Path | None) -
     from engine.project.specs import spec_overrides
 
     started = False
+    cancel_on_hangup()
     try:
         project = _project(file)
         entry = _entry(project, name)
@@ -190,6 +191,8 @@ async def _shell(name: str, interactive: bool, quiet: bool, file: Path | None) -
         return await _attach_remote(sdir.socket(), {"op": "spawn", "argv": [entry.shell or "/bin/sh"]}, interactive)
     except MsbError as exc:
         return fail(exc)
+    except asyncio.CancelledError:  # the terminal went away
+        return EXIT_INTERRUPTED
     finally:
         if started:
             await runtime.stop(sdir)

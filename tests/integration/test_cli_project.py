@@ -193,3 +193,17 @@ sandboxes:
     finally:
         msb(tmp_path, "stop", "web")
     assert (tmp_path / "site" / "index.html").read_text() == "hello through a volume\n"
+
+
+def test_shell_killed_by_hangup_stops_the_sandbox_it_started(project: Path) -> None:
+    env = {**os.environ, "MSB_QUIET": "1"}
+    proc = subprocess.Popen([*MSB, "shell", "-T", "box"], cwd=project, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"echo ready\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == b"ready\n"
+    assert _status(project)["box"]["status"] == "running"
+    proc.send_signal(signal.SIGHUP)  # the terminal went away
+    assert proc.wait(timeout=60) == 130
+    assert _status(project)["box"]["status"] == "stopped"
