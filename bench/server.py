@@ -8,6 +8,7 @@ real clients; "direct" is this process's engine on an identical sandbox, interle
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -37,11 +38,57 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
+class RawHttp:
+    """A minimal HTTP/1.1 keep-alive client (one connection, JSON bodies): the transport cost
+    without httpx's own per-request work, to tell the server's overhead from the client's."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, doc: dict[str, Any]) -> tuple[dict[str, str], Any]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        body = json.dumps(doc).encode()
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+        data = await self.reader.readexactly(int(headers["content-length"]))
+        return headers, json.loads(data)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def _start_server(storage: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "MSB_STORAGE_PATH": str(storage), "MSB_PORT": str(port), "MSB_LOG_LEVEL": "warning"}
     log = open(storage / "server.log", "ab")  # noqa: SIM115 - the child owns it
     return subprocess.Popen([sys.executable, "-m", "engine.cli.main", "server", "start", "--dev"], env=env,
                             stdout=log, stderr=log)  # fmt: skip
+
+
+async def _direct_repl(runs: int) -> dict[str, Any]:
+    """The same REPL call in this process's engine (no HTTP), on an identical sandbox."""
+    from engine.repl.pool import ReplPool
+
+    root = await resolve_root("microsandbox/python")
+    sb = await Engine().start(root.spec("bench-repl", memory_mib=512))
+    pool = ReplPool(sb)
+    try:
+        await pool.run("python", "0")
+        xs = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            await pool.run("python", "1+1")
+            xs.append((time.perf_counter() - t0) * 1000)
+        return _stats(xs)
+    finally:
+        await pool.close()
+        await sb.kill()
 
 
 async def run(rtt_runs: int = 200, clients: int = 100, per_client: int = 5) -> dict[str, Any]:
@@ -79,11 +126,14 @@ async def run(rtt_runs: int = 200, clients: int = 100, per_client: int = 5) -> d
             root = await resolve_root("busybox")
             # persistent like the server's sandboxes (its writable layer is on a disk, not tmpfs)
             direct_sb = await Engine().start(root.spec("bench-direct", memory_mib=256, persist_dir=storage / "direct"))
-            direct, over_http = [], []
+            direct, over_http, over_raw = [], [], []
             params = {"sandbox": "b", "namespace": "bench", "command": "true"}
-            for _ in range(20):  # warm up both paths
+            raw = RawHttp(port)
+            call = {"jsonrpc": "2.0", "method": "sandbox.command.run", "params": params, "id": 1}
+            for _ in range(20):  # warm up every path
                 await direct_sb.exec(["true"])
                 await rpc("sandbox.command.run", params)
+                await raw.post("/api/v1/rpc", call)
             app_ms.clear()
             for _ in range(rtt_runs):
                 t0 = time.perf_counter()
@@ -92,6 +142,10 @@ async def run(rtt_runs: int = 200, clients: int = 100, per_client: int = 5) -> d
                 t0 = time.perf_counter()
                 await rpc("sandbox.command.run", params)
                 over_http.append((time.perf_counter() - t0) * 1000)
+                t0 = time.perf_counter()
+                _, doc = await raw.post("/api/v1/rpc", call)
+                over_raw.append((time.perf_counter() - t0) * 1000)
+                assert doc["result"]["exit_code"] == 0, doc
             health = []
             for _ in range(rtt_runs):
                 t0 = time.perf_counter()
@@ -103,21 +157,33 @@ async def run(rtt_runs: int = 200, clients: int = 100, per_client: int = 5) -> d
             out["rpc_command_server_ms"] = _stats(app_ms)  # Server-Timing: the server's own part
             out["http_health_ms"] = _stats(health)
             out["rpc_overhead_ms_p50"] = round(statistics.median(over_http) - statistics.median(direct), 3)
+            out["rpc_command_raw_ms"] = _stats(over_raw)
+            out["rpc_overhead_raw_ms_p50"] = round(statistics.median(over_raw) - statistics.median(direct), 3)
 
             await direct_sb.kill()  # idle VMs cost CPU under TCG: only what a phase needs runs
             direct_sb = None
+            await rpc("sandbox.stop", {"sandbox": "b", "namespace": "bench"})
             await rpc("sandbox.start", {"sandbox": "py", "namespace": "bench",
                                         "config": {"image": "microsandbox/python", "memory": 512}})  # fmt: skip
-            repl = []
+            repl, repl_raw = [], []
             py = {"sandbox": "py", "namespace": "bench", "language": "python"}
+            repl_call = {"jsonrpc": "2.0", "method": "sandbox.repl.run", "params": {**py, "code": "1+1"}, "id": 1}
             await rpc("sandbox.repl.run", {**py, "code": "0"})
             for _ in range(rtt_runs):
                 t0 = time.perf_counter()
                 res = await rpc("sandbox.repl.run", {**py, "code": "1+1"})
                 repl.append((time.perf_counter() - t0) * 1000)
                 assert res["output"] == [{"stream": "stdout", "text": "2"}], res
+                t0 = time.perf_counter()
+                _, doc = await raw.post("/api/v1/rpc", repl_call)
+                repl_raw.append((time.perf_counter() - t0) * 1000)
+                assert doc["result"]["output"] == [{"stream": "stdout", "text": "2"}], doc
             out["repl_rtt_ms"] = _stats(repl)
+            out["repl_rtt_raw_ms"] = _stats(repl_raw)
+            await raw.close()
             await rpc("sandbox.stop", {"sandbox": "py", "namespace": "bench"})
+            out["repl_direct_ms"] = await _direct_repl(rtt_runs)
+            await rpc("sandbox.start", {"sandbox": "b", "namespace": "bench"})
 
         errors = 0
         done = 0
