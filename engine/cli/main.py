@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from engine.cli.doctor import doctor
 from engine.cli.exe import exe
 from engine.cli.images import register as register_image_commands
 from engine.cli.install import register as register_install_commands
@@ -29,6 +30,7 @@ cli.add_command(exe)
 register_install_commands(cli)
 register_image_commands(cli)
 cli.add_command(server_group)
+cli.add_command(doctor)
 
 
 def main() -> None:
