@@ -160,7 +160,41 @@ def render_tui(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"engine": render_engine, "images": render_images, "server": render_server, "tui": render_tui}
+def render_backends(r: dict[str, Any]) -> str:
+    ref = r["runsc_do_python_ms"]
+    lines = [
+        f"Run {r['measured_at']} on {r['host']['cpus']} CPUs, every backend that works on this host in the "
+        "same run (`msb doctor` says which and why). Cold start and exec: busybox root, network `none`. "
+        "Fresh python: start a sandbox from `microsandbox/python`, run `python3 -c 'print(1+1)'`, kill it — "
+        "timed as a whole; the reference beside it is `runsc --network=none do /usr/bin/python3 -c "
+        "'print(1+1)'` (gVisor on the host's own python3, no msb), and the host's plain python3 is the floor.",
+        "",
+        "| backend | cold start → first exec (ms) | exec RTT `true` (ms) | fresh python sandbox run (ms) "
+        "| ÷ `runsc do` |",
+        "|---|---|---|---|---|",
+    ]
+    for name, b in r["backends"].items():
+        if not b.get("usable"):
+            lines.append(f"| {name} | not usable here: {b['reason']} | | | |")
+            continue
+        lines.append(
+            f"| {b['label']} | p50 {b['cold_start_ms']['p50']} / p95 {b['cold_start_ms']['p95']} "
+            f"(n={b['cold_start_ms']['n']}) | p50 {b['exec_rtt_ms']['p50']} / p95 {b['exec_rtt_ms']['p95']} "
+            f"(n={b['exec_rtt_ms']['n']}) | p50 {b['fresh_python_run_ms']['p50']} / p95 "
+            f"{b['fresh_python_run_ms']['p95']} (n={b['fresh_python_run_ms']['n']}) "
+            f"| {b.get('fresh_python_vs_runsc_ratio', '–')} |"
+        )
+    if ref:
+        lines.append(f"| reference: `runsc do` python3 | | | p50 {ref['p50']} / p95 {ref['p95']} (n={ref['n']}) | 1 |")
+    host = r["host_python_ms"]
+    lines.append(f"| floor: host python3 | | | p50 {host['p50']} / p95 {host['p95']} (n={host['n']}) | |")
+    return "\n".join(lines)
+
+
+RENDERERS = {
+    "engine": render_engine, "backends": render_backends, "images": render_images, "server": render_server,
+    "tui": render_tui,
+}  # fmt: skip
 
 
 def write_doc(name: str, section: str) -> None:
@@ -186,6 +220,14 @@ async def _run(which: list[str], quick: bool) -> None:
         (RESULTS / "engine.json").write_text(json.dumps(r, indent=2) + "\n")
         write_doc("engine", render_engine(r))
         print(json.dumps({k: v for k, v in r.items() if k != "kernels"}, indent=2))
+    if "backends" in which:
+        from bench import backends
+
+        r = await backends.run(cold_runs=3 if quick else 10, rtt_runs=50 if quick else 200, py_runs=3 if quick else 10)
+        r["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        (RESULTS / "backends.json").write_text(json.dumps(r, indent=2) + "\n")
+        write_doc("backends", render_backends(r))
+        print(json.dumps(r, indent=2))
     if "server" in which:
         import os
 

@@ -23,6 +23,10 @@ declare -A NEED=(
   [htpasswd]=apache2-utils            # tests: the registry's htpasswd file
   [mmdebstrap]=mmdebstrap             # `msb image build`: offline base images
   [zstd]=zstd
+  [slirp4netns]=slirp4netns         # gVisor backend: user-mode network of a sandbox's netns
+  [unshare]=util-linux                # gVisor backend: network namespaces, runsc's wrapper
+  [nsenter]=util-linux
+  [ip]=iproute2
 )
 missing=()
 for bin in "${!NEED[@]}"; do
@@ -53,6 +57,11 @@ fi
 # --- 3. guest agent (static C binary) and the host network filter (LD_PRELOAD shim) -------
 make -s -C engine/guest/agent OUT="$CACHE/agent"
 make -s -C engine/vm/netfilter OUT="$CACHE/netfilter"
+
+# --- 3b. gVisor's runsc (Debian's package from sid, checked by apt, unpacked into the cache) --
+if ! command -v runsc >/dev/null 2>&1 && [[ -z "${MSB_RUNSC:-}" ]]; then
+  .venv/bin/python -m engine.vm.runsc --ensure >/dev/null
+fi
 
 # --- 4. guest kernel (Debian's cloud kernel, verified by apt) ---------------------------
 if [[ -z "${MSB_KERNEL:-}" ]]; then

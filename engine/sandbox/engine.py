@@ -30,6 +30,7 @@ from engine.vm.disk import create_upper_image, root_image_for_dir
 from engine.vm.initramfs import check_agent_current, ensure_initramfs
 from engine.vm.kernel import Kernel, read_bzimage_version, resolve_kernel
 from engine.vm.protocol import Ready
+from engine.vm.select import BackendVerdict, choose_backend, isolation_of
 from engine.vm.volumes import check_host_dirs, check_volumes
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class Engine:
 
     def __init__(
         self,
-        backend: VmBackend | None = None,
+        backend: VmBackend | str | None = None,
         *,
         cache_dir: Path | None = None,
         accel: str | None = None,
@@ -57,13 +58,17 @@ class Engine:
         machine: str | None = None,
     ) -> None:
         """Args:
-        backend: the VMM backend (default: QEMU).
+        backend: a backend, or a name (``auto``, ``qemu``, ``gvisor``, ``krun``); default
+            ``MSB_BACKEND`` or ``auto`` — the strongest that works here (:mod:`engine.vm.select`).
         cache_dir: kernels, agent, images (default ``MSB_CACHE_DIR`` or ~/.cache/msb).
         accel: ``"kvm"``, ``"tcg"`` or ``"auto"`` (default ``MSB_ACCEL`` or auto).
         kernel: a kernel to use instead of :func:`resolve_kernel`'s choice.
         machine: ``"microvm"`` or ``"q35"`` (default ``MSB_MACHINE`` or microvm).
         """
-        self._backend = backend
+        self._backend: VmBackend | None = None if isinstance(backend, str) else backend
+        self._backend_name = backend if isinstance(backend, str) else None
+        self.backend_verdict: BackendVerdict | None = None
+        """Why this backend was chosen (set by :meth:`prepare`; None for a backend passed in)."""
         self.cache_dir = cache_dir or paths.cache_dir()
         self._accel = accel
         self._kernel = kernel
@@ -73,10 +78,9 @@ class Engine:
 
     @property
     def backend(self) -> VmBackend:
+        """The backend in use (chosen by :meth:`prepare` unless one was passed in)."""
         if self._backend is None:
-            from engine.vm.qemu import QemuBackend
-
-            self._backend = QemuBackend()
+            raise RuntimeError("Engine.backend is chosen by prepare(); await engine.prepare() first")
         return self._backend
 
     async def prepare(self) -> Assets:
@@ -91,7 +95,12 @@ class Engine:
             return self._assets
 
     async def _prepare(self) -> Assets:
+        if self._backend is None:
+            self._backend, self.backend_verdict = await choose_backend(self._backend_name, self.cache_dir)
+            log.info("backend: %s (%s)", self._backend.name, self.backend_verdict.reason)
         if not self.backend.needs_boot_assets:
+            if getattr(self.backend, "fixed_accel", None) and not os.environ.get("MSB_AGENT"):
+                await asyncio.to_thread(check_agent_current, paths.agent_path())
             return self._placeholder_assets()
         kernel: Kernel
         if self._kernel is not None:
@@ -117,6 +126,10 @@ class Engine:
         )
         if verdict.warning:  # front ends show it to users; here it is for the logs
             log.info("%s", verdict.warning)
+        if self.backend_verdict is not None and self.backend_verdict.accel is None:
+            self.backend_verdict = self.backend_verdict.model_copy(
+                update={"accel": verdict.accel, "isolation": isolation_of(backend.name, verdict.accel)}
+            )
         return Assets(kernel=kernel, initrd=initrd, accel=verdict, machine=self.machine)
 
     def _placeholder_assets(self) -> Assets:
@@ -124,8 +137,10 @@ class Engine:
         no KVM probe. The accelerator is the one asked for, TCG by default."""
         name = self.backend.name
         kernel = self._kernel or Kernel(kind="custom", path=Path(os.devnull), version="none", source=f"{name} backend")
-        accel: Accel = "kvm" if self._accel == "kvm" else "tcg"
-        verdict = AccelVerdict(accel=accel, reason=f"the {name} backend runs no VMM", source="forced")
+        fixed: Accel | None = getattr(self.backend, "fixed_accel", None)
+        accel: Accel = fixed or ("kvm" if self._accel == "kvm" else "tcg")
+        reason = f"the {name} backend runs no VMM" if fixed is None else f"the {name} backend always runs {accel}"
+        verdict = AccelVerdict(accel=accel, reason=reason, source="forced")
         return Assets(kernel=kernel, initrd=Path(os.devnull), accel=verdict, machine=self.machine)
 
     async def _probe_boot(self, kernel: Kernel, initrd: Path, deadline: float) -> None:
@@ -162,7 +177,7 @@ class Engine:
             name=spec.name, kernel=assets.kernel.path, initrd=assets.initrd, root_image=root,
             upper_image=upper, cpus=spec.cpus, memory_mib=spec.memory_mib, accel=assets.accel.accel,
             run_dir=run_dir, machine=assets.machine,  # type: ignore[arg-type]
-            kernel_args=tuple(assets.kernel.boot_args(assets.accel.accel)),
+            kernel_args=_boot_args(assets),
             volumes=spec.volumes, ports=spec.ports, network=spec.network,
         )  # fmt: skip
         try:
@@ -171,8 +186,10 @@ class Engine:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         boot_s = time.perf_counter() - t0
-        sandbox = Sandbox(spec, vm, client, run_dir, accel=assets.accel.accel, boot_s=boot_s, ready=ready)
-        log.info("sandbox %s ready in %.0f ms (%s)", spec.name, boot_s * 1000, assets.accel.accel)
+        sandbox = Sandbox(spec, vm, client, run_dir, accel=assets.accel.accel, boot_s=boot_s, ready=ready,
+                          backend=self.backend.name)  # fmt: skip
+        log.info("sandbox %s ready in %.0f ms (%s, %s)", spec.name, boot_s * 1000, self.backend.name,
+                 assets.accel.accel)  # fmt: skip
         return sandbox
 
     def _check_volumes(self, spec: SandboxSpec, kernel: Kernel) -> None:
@@ -197,10 +214,19 @@ class Engine:
     async def _disks(self, spec: SandboxSpec) -> tuple[Path, Path | None]:
         """Build (or reuse) the root image and the persistent upper image of ``spec``.
 
-        A backend without boot assets gets the rootfs directory itself and no upper image.
+        A backend without boot assets gets the rootfs directory itself and, when persistent,
+        an upper *directory* (``persist_dir/upper``).
+
+        Raises:
+            ConfigError: the sandbox's files are in the other backend kind's format.
         """
+        if spec.persist_dir is not None:
+            check_layer_format(spec.persist_dir, self.backend.name, image=self.backend.needs_boot_assets)
         if not self.backend.needs_boot_assets:
-            return spec.rootfs, None
+            if not spec.rootfs.is_dir():
+                raise ConfigError(f"root filesystem {spec.rootfs} is not a directory",
+                                  hint="pass an unpacked root filesystem, or an image name (msb pull)")  # fmt: skip
+            return spec.rootfs, None if spec.persist_dir is None else spec.persist_dir / DIR_UPPER
         upper = None if spec.persist_dir is None else spec.persist_dir / "upper.ext4"
         if spec.root_image is not None:
             if not spec.root_image.is_file():
@@ -240,6 +266,42 @@ class Engine:
             await vm.kill()
             await client.close()
             raise
+
+
+DIR_UPPER = "upper"
+"""The writable layer of a persistent sandbox on a directory-root backend (gVisor, libkrun)."""
+
+
+def check_layer_format(persist_dir: Path, backend: str, *, image: bool) -> None:
+    """Refuse to start a persistent sandbox whose files are in the other backend kind's format.
+
+    QEMU keeps a persistent sandbox's files in ``upper.ext4``; gVisor and libkrun in the
+    directory ``upper``. Starting on the other kind would show an empty disk and leave the
+    files behind, so it is an error that names the backend to use.
+
+    Raises:
+        ConfigError: the files are in the other format.
+    """
+    ext4 = persist_dir / "upper.ext4"
+    tree = persist_dir / DIR_UPPER
+    has_tree = tree.is_dir() and any(tree.iterdir())
+    if image and has_tree:
+        raise ConfigError(
+            f"this sandbox's files were written by a directory-root backend (gVisor or libkrun) in {tree}; "
+            f"the {backend} backend keeps files in a disk image and would not see them",
+            hint="start it with --backend gvisor (or the one it last ran on), or remove that directory to start afresh",
+        )
+    if not image and ext4.is_file() and ext4.stat().st_size > 0:
+        raise ConfigError(
+            f"this sandbox's files are in a QEMU disk image ({ext4}); the {backend} backend runs a directory root "
+            "and would not see them",
+            hint="start it with --backend qemu, or remove the image to start afresh",
+        )
+
+
+def _boot_args(assets: Assets) -> tuple[str, ...]:
+    accel = assets.accel.accel
+    return () if accel == "none" else tuple(assets.kernel.boot_args(accel))
 
 
 def _bootable_kernel(path: Path) -> bool:

@@ -44,12 +44,15 @@ class Sandbox:
         accel: str,
         boot_s: float,
         ready: p.Ready,
+        backend: str = "qemu",
     ) -> None:
         self.spec = spec
         self.vm = vm
         self.client = client
         self.run_dir = run_dir
         self.accel = accel
+        self.backend = backend
+        """The backend's name: ``qemu``, ``gvisor``, ``krun`` or ``fake``."""
         self.boot_s = boot_s
         """Seconds from the start request to the agent's READY."""
         self.ready = ready
@@ -204,6 +207,14 @@ class Sandbox:
         """A metrics reading; CPU % covers the time since the previous reading."""
         self._need_running()
         raw = await self.client.metrics()
+        host_cpu = getattr(self.vm, "host_cpu_ticks", None)
+        if host_cpu is not None and raw.cpu_total_ticks == 0:
+            # gVisor's /proc/stat is all zeros: measure the Sentry's CPU time on the host
+            # instead (trustworthy, and it is what the sandbox costs the host)
+            busy = host_cpu()
+            if busy is not None:
+                total = int((time.time() - self.started_at) * raw.clk_tck * self.spec.cpus)
+                raw = raw.model_copy(update={"cpu_busy_ticks": busy, "cpu_total_ticks": max(total, 1)})
         return self._metrics.update(raw, process_rss_mib(self.vm.pid))
 
     # ------------------------------------------------------------------ lifecycle

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.sandbox.spec import NetScope, PortMap, VolumeMount
 from engine.vm.channel import GuestChannel
 
-Accel = Literal["kvm", "tcg"]
+Accel = Literal["kvm", "tcg", "none"]
+"""``none``: the backend uses no hardware or emulated CPU of its own (gVisor, the fake)."""
 
 
 class VmSpec(BaseModel):
@@ -28,9 +29,11 @@ class VmSpec(BaseModel):
     kernel: Path
     initrd: Path
     root_image: Path
-    """Read-only ext4 image of the root filesystem (the overlay's lower layer)."""
+    """Read-only ext4 image of the root filesystem (the overlay's lower layer); for backends
+    that run a directory (``needs_boot_assets`` False: gVisor, libkrun) the image's tree."""
     upper_image: Path | None = None
-    """Persistent writable layer (ext4 image); ``None`` = tmpfs, gone at stop."""
+    """Persistent writable layer: an ext4 image (QEMU) or a directory (gVisor, libkrun);
+    ``None`` = in memory, gone at stop."""
     cpus: int = Field(default=1, ge=1, le=64)
     memory_mib: int = Field(default=512, ge=64, le=1 << 20)
     """Guest RAM in MiB."""

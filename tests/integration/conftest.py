@@ -29,9 +29,21 @@ def busybox_rootfs() -> Path:
     return BUSYBOX
 
 
+BACKENDS = tuple(b for b in os.environ.get("MSB_TEST_BACKENDS", "qemu,gvisor").split(",") if b)
+"""The backends the shared engine suite runs on (every test that takes ``engine`` or ``sandbox``)."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test that uses ``backend_name`` once per backend, or on QEMU alone when it is
+    marked ``qemu_only`` (it is about QEMU's kernel, console or devices)."""
+    if "backend_name" in metafunc.fixturenames:
+        only_qemu = metafunc.definition.get_closest_marker("qemu_only") is not None
+        metafunc.parametrize("backend_name", ["qemu"] if only_qemu else list(BACKENDS))
+
+
 @pytest.fixture
-def engine() -> Engine:
-    return Engine()
+def engine(backend_name: str) -> Engine:
+    return Engine(backend=backend_name)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from engine.vm.kernel import resolve_kernel
 @pytest.mark.parametrize("kind", ["debian", "minimal"])
 async def test_kernel_boots_execs_and_persists(kind: str, busybox_rootfs: Path, tmp_path: Path) -> None:
     kernel = resolve_kernel(paths.cache_dir(), prefer=kind)
-    engine = Engine(kernel=kernel)
+    engine = Engine(backend="qemu", kernel=kernel)
     spec = SandboxSpec(name=f"k-{kind}", rootfs=busybox_rootfs, memory_mib=256, persist_dir=tmp_path)
     async with await engine.start(spec) as sb:
         assert sb.ready.timings_ns["ready"] > 0

@@ -57,6 +57,7 @@ async def test_persistent_layer_survives_kill_9_of_the_vm(
         assert (await again.exec(["cat", "/root/note"])).stdout == b"survived\n"
 
 
+@pytest.mark.qemu_only  # sysrq: a guest kernel panic
 async def test_guest_panic_is_a_clear_error_and_leaves_no_process(sandbox: Sandbox) -> None:
     pid = sandbox.vm.pid
     with pytest.raises(VmCrashedError) as info:
@@ -69,6 +70,7 @@ async def test_guest_panic_is_a_clear_error_and_leaves_no_process(sandbox: Sandb
         await sandbox.exec(["true"])
 
 
+@pytest.mark.qemu_only  # gVisor lets root in the sandbox kill PID 1: test_gvisor_backend.py
 async def test_guest_cannot_kill_its_init(sandbox: Sandbox) -> None:
     res = await sandbox.exec(["kill", "-9", "1"])
     assert res.exit_code == 0  # the signal is sent, and the kernel ignores it for init
@@ -88,40 +90,41 @@ async def test_vm_killed_from_the_host_mid_exec_fails_the_exec(sandbox: Sandbox)
 async def test_missing_agent_says_how_to_build_it(busybox_rootfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MSB_AGENT", "/nonexistent/msb-agent")
     with pytest.raises(AgentError) as info:
-        await Engine(accel="tcg").start(SandboxSpec(name="x", rootfs=busybox_rootfs))
+        await Engine(backend="qemu", accel="tcg").start(SandboxSpec(name="x", rootfs=busybox_rootfs))
     assert "make agent" in str(info.value)
 
 
 async def test_missing_qemu_says_what_to_install(busybox_rootfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MSB_QEMU", "/nonexistent/qemu")
     with pytest.raises(VmError) as info:
-        await Engine(accel="tcg").start(SandboxSpec(name="x", rootfs=busybox_rootfs))
+        await Engine(backend="qemu", accel="tcg").start(SandboxSpec(name="x", rootfs=busybox_rootfs))
     assert "apt-get install qemu-system-x86" in str(info.value)
 
 
 async def test_missing_kernel_is_a_kernel_error(monkeypatch: pytest.MonkeyPatch, busybox_rootfs: Path) -> None:
     monkeypatch.setenv("MSB_KERNEL", "/nonexistent/bzImage")
     with pytest.raises(KernelError) as info:
-        await Engine(accel="tcg").start(SandboxSpec(name="x", rootfs=busybox_rootfs))
+        await Engine(backend="qemu", accel="tcg").start(SandboxSpec(name="x", rootfs=busybox_rootfs))
     assert "MSB_KERNEL" in str(info.value)
 
 
 async def test_garbage_kernel_is_refused_before_booting(busybox_rootfs: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bzImage"
     bad.write_bytes(os.urandom(8192))
-    engine = Engine(accel="tcg", kernel=Kernel(kind="custom", path=bad, version="bad", modules=[]))
+    engine = Engine(backend="qemu", accel="tcg", kernel=Kernel(kind="custom", path=bad, version="bad", modules=[]))
     with pytest.raises(KernelError) as info:
         await engine.start(SandboxSpec(name="bad", rootfs=busybox_rootfs))
     assert "not a bzImage" in str(info.value) and "make kernel" in str(info.value)
 
 
+@pytest.mark.qemu_only
 async def test_truncated_kernel_fails_boot_with_console_tail(
     engine: Engine, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
     good = (await engine.prepare()).kernel
     bad = tmp_path / "bzImage"
     bad.write_bytes(good.path.read_bytes()[: good.path.stat().st_size // 2])
-    broken = Engine(accel="tcg", kernel=good.model_copy(update={"path": bad}))
+    broken = Engine(backend="qemu", accel="tcg", kernel=good.model_copy(update={"path": bad}))
     t0 = asyncio.get_running_loop().time()
     with pytest.raises((BootError, VmError)) as info:
         await broken.start(SandboxSpec(name="trunc", rootfs=busybox_rootfs, boot_timeout_s=5))

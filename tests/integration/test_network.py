@@ -26,6 +26,8 @@ from engine.sandbox.engine import Engine
 from engine.sandbox.sandbox import Sandbox
 from engine.sandbox.spec import NetScope, PortMap, SandboxSpec
 
+pytestmark = pytest.mark.qemu_only  # QEMU slirp; gVisor scopes: test_gvisor_network.py
+
 
 @dataclass
 class HostServer:

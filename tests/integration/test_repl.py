@@ -22,9 +22,9 @@ ROUND_TRIPS = 50
 
 
 @pytest.fixture
-async def image_sandbox(request: pytest.FixtureRequest, base_images: None) -> AsyncIterator[Sandbox]:
+async def image_sandbox(request: pytest.FixtureRequest, base_images: None, engine: Engine) -> AsyncIterator[Sandbox]:
     root = await resolve_root(IMAGES[request.param])
-    sb = await Engine().start(root.spec(f"repl-{request.param}-{os.urandom(3).hex()}", memory_mib=512))
+    sb = await engine.start(root.spec(f"repl-{request.param}-{os.urandom(3).hex()}", memory_mib=512))
     try:
         yield sb
     finally:

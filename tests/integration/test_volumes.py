@@ -27,6 +27,7 @@ async def mount_table(sb: Sandbox) -> dict[str, tuple[str, str, set[str]]]:
     return {w[0]: (w[1], w[2], set(w[3].split(","))) for w in map(str.split, lines)}
 
 
+@pytest.mark.qemu_only  # 9p mapped-xattr semantics; gVisor: test_gvisor_backend.py
 async def test_volumes_round_trip_read_only_and_confinement(
     engine: Engine, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
@@ -91,6 +92,7 @@ async def test_volumes_round_trip_read_only_and_confinement(
                                       "passwd-link", "rel-link"]
 
 
+@pytest.mark.qemu_only
 async def test_a_volume_that_cannot_be_mounted_stops_the_boot(
     engine: Engine, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
@@ -107,5 +109,5 @@ async def test_volumes_on_a_kernel_without_9p_are_refused_before_boot(busybox_ro
     assert not kernel.supports_9p  # Debian's cloud kernel is built without CONFIG_NET_9P
     spec = SandboxSpec(name="vol-deb", rootfs=busybox_rootfs, volumes=(VolumeMount(host=tmp_path, guest="/data"),))
     with pytest.raises(ConfigError, match="lacks 9p") as info:
-        await Engine(kernel=kernel).start(spec)
+        await Engine(backend="qemu", kernel=kernel).start(spec)
     assert "make kernel" in (info.value.hint or "")

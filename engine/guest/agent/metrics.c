@@ -53,7 +53,8 @@ static uint64_t meminfo_kib(const char *buf, const char *key)
 	return p ? strtoull(p + strlen(key), NULL, 10) : 0;
 }
 
-/* Processes that are not kernel threads (kthreadd, pid 2, and its children). */
+/* Processes that are not kernel threads (kthreadd and its children). kthreadd is pid 2 in a VM;
+ * under gVisor there is none and pid 2 is an ordinary process, so it is recognised by name. */
 static uint32_t count_procs(void)
 {
 	int procfd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -65,11 +66,12 @@ static uint32_t count_procs(void)
 		return 0;
 	}
 	uint32_t n = 0;
+	int kthreadd = 0; /* readdir lists pids in ascending order: 2 comes before its children */
 	struct dirent *de;
 	while ((de = readdir(d))) {
 		char *end;
 		long pid = strtol(de->d_name, &end, 10);
-		if (*end || pid <= 0 || pid == 2)
+		if (*end || pid <= 0)
 			continue;
 		char path[64], buf[512];
 		snprintf(path, sizeof path, "%ld/stat", pid);
@@ -78,7 +80,11 @@ static uint32_t count_procs(void)
 		char *p = strrchr(buf, ')');
 		char state;
 		int ppid;
-		if (p && sscanf(p + 1, " %c %d", &state, &ppid) == 2 && ppid != 2)
+		if (!p || sscanf(p + 1, " %c %d", &state, &ppid) != 2)
+			continue;
+		if (pid == 2 && strstr(buf, "(kthreadd)"))
+			kthreadd = 1;
+		else if (!(kthreadd && ppid == 2))
 			n++;
 	}
 	closedir(d);

@@ -13,12 +13,14 @@
  *         are judged by the IPv4 address inside
  *   any address of the host's own interfaces (getifaddrs, re-read at most once a second)
  *
- * Exceptions (from the environment, set by engine/vm/netfilter/__init__.py):
+ * Settings (from the environment, set by engine/vm/netfilter/__init__.py):
+ *   MSB_NETFILTER_MODE=deny          deny every destination, DNS too (gVisor's `group` scope:
+ *                                    slirp4netns has no "restrict"); default "filter": as above
  *   MSB_NETFILTER_DNS=a,b,...        the host's resolvers (/etc/resolv.conf): port 53 only,
  *                                    because slirp forwards the guest's DNS (10.0.2.3) there
  *   MSB_NETFILTER_UDP_PORTS=p,...    published UDP host ports: a datagram from such a socket
  *                                    may go back to a peer that sent one to it (the reply of
- *                                    a port forward), not to anyone else
+ *                                    a port forward), not to anyone else (in both modes)
  * A malformed variable makes the shim end the process (fail closed, never unfiltered).
  *
  * Under QEMU's seccomp filter (-sandbox on) the wrappers use only socket calls, getifaddrs (a
@@ -46,9 +48,7 @@
 #define MAX_HOST_ADDRS 128
 #define MAX_LOGGED 16
 
-struct ip6 {
-	uint8_t b[16];
-};
+struct ip6 { uint8_t b[16]; };
 
 static int (*real_connect)(int, const struct sockaddr *, socklen_t);
 static ssize_t (*real_sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
@@ -56,16 +56,13 @@ static ssize_t (*real_sendmsg)(int, const struct msghdr *, int);
 static int (*real_sendmmsg)(int, struct mmsghdr *, unsigned int, int);
 static ssize_t (*real_recvfrom)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
 
+static int deny_all; /* MSB_NETFILTER_MODE=deny */
 static struct ip6 dns[MAX_DNS];
-static int n_dns;
 static uint16_t udp_ports[MAX_UDP_PORTS];
-static int n_udp_ports;
+static int n_dns, n_udp_ports;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static struct {
-	struct ip6 addr;
-	uint16_t port;
-} peers[MAX_PEERS];
+static struct { struct ip6 addr; uint16_t port; } peers[MAX_PEERS];
 static int n_peers, next_peer;
 static struct ip6 host_addrs[MAX_HOST_ADDRS];
 static int n_host_addrs = -1; /* -1: never read, or the last read failed */
@@ -81,12 +78,10 @@ static void __attribute__((format(printf, 1, 2))) say(const char *fmt, ...)
 	va_end(ap);
 	if (n < 0)
 		return;
-	if ((size_t)n > sizeof msg - 2)
-		n = sizeof msg - 2;
+	n = (size_t)n > sizeof msg - 2 ? (int)sizeof msg - 2 : n;
 	msg[n++] = '\n';
-	if (write(2, msg, (size_t)n) < 0) {
-		/* nowhere else to report */
-	}
+	if (write(2, msg, (size_t)n) < 0)
+		return; /* nowhere else to report */
 }
 
 static void __attribute__((noreturn)) die(const char *what, const char *value)
@@ -224,6 +219,8 @@ static const char *host_reason(const struct ip6 *a)
 /* Why a destination is denied, or NULL if it may be reached. */
 static const char *denied(const struct ip6 *a, uint16_t port)
 {
+	if (deny_all)
+		return "no outbound access in this network scope";
 	if (port == 53)
 		for (int i = 0; i < n_dns; i++)
 			if (!memcmp(dns[i].b, a->b, 16))
@@ -391,6 +388,10 @@ __attribute__((constructor)) static void netfilter_init(void)
 	real_sendmsg = need("sendmsg");
 	real_sendmmsg = need("sendmmsg");
 	real_recvfrom = need("recvfrom");
+	const char *mode = getenv("MSB_NETFILTER_MODE");
+	deny_all = mode && !strcmp(mode, "deny");
+	if (mode && *mode && !deny_all && strcmp(mode, "filter"))
+		die("MSB_NETFILTER_MODE", strlen(mode) < 32 ? mode : "(too long)");
 	parse_list("MSB_NETFILTER_DNS", 0);
 	parse_list("MSB_NETFILTER_UDP_PORTS", 1);
 }

@@ -1,0 +1,321 @@
+"""gVisor backend: each sandbox is one ``runsc run`` of an OCI bundle.
+
+gVisor's Sentry is a user-space kernel: the sandbox's system calls are served by it, not by the
+host kernel, which sees only the Sentry's small, seccomp-filtered set of calls. No hardware
+virtualisation is needed, so this runs on hosts without usable KVM (cloud VMs, CI runners,
+this PVM machine), and it is the isolation msb recommends there over QEMU with TCG.
+
+The bundle (in the VM's private run directory):
+
+- root: the image's directory tree. An ephemeral sandbox gets gVisor's in-memory overlay over
+  it (``--overlay2=root:memory``: writes stay in the Sentry's memory, counted against the
+  sandbox's memory limit). A persistent one gets a host overlayfs mount whose upper layer is
+  its own ``persist_dir/upper`` directory (:mod:`engine.vm.overlay`), so its files survive any
+  crash; the image tree is never written either way.
+- process: the static guest agent, bind-mounted read-only at ``/.msb/agent``, run as
+  ``--serve-stdio``: the frames of :mod:`engine.vm.protocol` travel over the stdin/stdout
+  pipes of the ``runsc run`` process, and the agent's stderr is the "console".
+- volumes: bind mounts (read-only ones with ``ro``), served by gVisor's gofer.
+- limits: memory and CPU quota as OCI resources (runsc applies them with cgroups).
+- network: per scope, from :mod:`engine.vm.gvisor_net`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from engine import paths
+from engine.errors import AgentError, ConfigError, VmError
+from engine.vm import overlay
+from engine.vm.backend import Accel, VmSpec
+from engine.vm.channel import StreamChannel
+from engine.vm.console import Console, pump_console
+from engine.vm.gvisor_net import GvisorNetwork
+from engine.vm.runsc import find_runsc
+
+log = logging.getLogger(__name__)
+
+AGENT_IN_GUEST = "/.msb/agent"
+CAPS = (
+    "CAP_AUDIT_WRITE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_MKNOD", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP",
+    "CAP_SETUID", "CAP_SYS_CHROOT",
+)  # fmt: skip
+"""Docker's default set: enough for the agent to switch users and for ordinary programs."""
+NOFILE = 1 << 16
+CPU_PERIOD_US = 100_000
+DELETE_TIMEOUT_S = 10.0
+
+
+def container_id(spec: VmSpec) -> str:
+    """runsc container ids are per ``--root``; each VM has its own root, so the name is enough."""
+    return f"msb-{spec.name}"
+
+
+def oci_config(
+    spec: VmSpec, *, root: Path, agent: Path, etc_files: dict[str, Path], netns: Path | None
+) -> dict[str, Any]:
+    """The OCI runtime config of a sandbox (pure).
+
+    Args:
+        spec: the VM (name, cpus, memory, volumes).
+        root: the directory runsc uses as ``/``.
+        agent: the host path of the static agent binary.
+        etc_files: guest path → host file, bind-mounted read-only (resolv.conf, hosts).
+        netns: the network namespace to join, or None for a new, empty one.
+    """
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "nodev", "mode=1777"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": AGENT_IN_GUEST, "type": "bind", "source": str(agent), "options": ["rbind", "ro"]},
+    ]  # fmt: skip
+    for guest, host in sorted(etc_files.items()):
+        mounts.append({"destination": guest, "type": "bind", "source": str(host), "options": ["rbind", "ro"]})
+    for vol in spec.volumes:
+        opts = ["rbind", "ro" if vol.readonly else "rw"]
+        mounts.append({"destination": vol.guest, "type": "bind", "source": str(vol.host), "options": opts})
+    namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    namespaces.append({"type": "network", "path": str(netns)} if netns else {"type": "network"})
+    caps = list(CAPS)
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": [AGENT_IN_GUEST, "--serve-stdio"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", f"HOSTNAME={spec.name}"],
+            "cwd": "/",
+            "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": NOFILE, "soft": NOFILE}],
+            "noNewPrivileges": False,
+        },
+        "root": {"path": str(root), "readonly": False},
+        "hostname": spec.name,
+        "mounts": mounts,
+        "linux": {
+            "namespaces": namespaces,
+            "resources": {
+                "memory": {"limit": spec.memory_mib << 20},
+                "cpu": {"quota": spec.cpus * CPU_PERIOD_US, "period": CPU_PERIOD_US},
+                "pids": {"limit": 32768},
+            },
+        },
+    }
+
+
+def runsc_argv(runsc: str, spec: VmSpec, state: Path, net_flags: list[str], bundle: Path) -> list[str]:
+    """The ``runsc run`` command line (pure)."""
+    overlay_flag = "--overlay2=none" if spec.upper_image is not None else "--overlay2=root:memory"
+    debug = [f"--debug-log={spec.run_dir}/runsc-debug/"] if os.environ.get("MSB_RUNSC_DEBUG") else []
+    return [
+        runsc, f"--root={state}", *debug, *net_flags, overlay_flag, "--host-uds=none",
+        "run", f"--bundle={bundle}", container_id(spec),
+    ]  # fmt: skip
+
+
+def find_child(parent: int, argv0: bytes) -> int | None:
+    """The pid of a direct child of ``parent`` whose ``argv[0]`` is ``argv0``, if any."""
+    try:
+        tids = os.listdir(f"/proc/{parent}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{parent}/task/{tid}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+        for child in children:
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as f:
+                    if f.read(256).split(b"\0", 1)[0] == argv0:
+                        return child
+            except OSError:
+                continue
+    return None
+
+
+def cgroup_cpu_ticks(pid: int | None) -> int | None:
+    """CPU time of ``pid``'s cgroup in clock ticks (cgroup v1 cpuacct or v2 cpu.stat)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read(8192).splitlines()
+    except OSError:
+        return None
+    tck = os.sysconf("SC_CLK_TCK")
+    for line in lines:
+        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        try:
+            if "cpuacct" in controllers.split(","):
+                d = "cpu,cpuacct" if os.path.isdir("/sys/fs/cgroup/cpu,cpuacct") else "cpuacct"
+                with open(f"/sys/fs/cgroup/{d}{path}/cpuacct.usage") as f:
+                    return int(f.read(64)) * tck // 1_000_000_000
+            if controllers == "" and line.startswith("0::"):
+                with open(f"/sys/fs/cgroup{path}/cpu.stat") as f:
+                    for stat in f.read(4096).splitlines():
+                        if stat.startswith("usage_usec "):
+                            return int(stat.split()[1]) * tck // 1_000_000
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+class GvisorVm:
+    """A running ``runsc run`` (implements :class:`~engine.vm.backend.VmHandle`)."""
+
+    def __init__(self, spec: VmSpec, runsc: str, state: Path, console: Console, net: GvisorNetwork) -> None:
+        self.spec = spec
+        self.runsc = runsc
+        self.state = state
+        self.proc: asyncio.subprocess.Process | None = None
+        self._sandbox_pid: int | None = None
+        self.accel: Accel = "none"
+        self.channel: StreamChannel
+        self.merged: Path | None = None
+        self._console = console
+        self._net = net
+        self._tasks: list[asyncio.Task[None]] = []
+        self._cleaned = False
+
+    @property
+    def pid(self) -> int | None:
+        """The Sentry's host pid (``runsc-sandbox``, the process that runs the guest and holds
+        its memory), else ``runsc run``'s while the Sentry is still starting."""
+        if self.proc is None:
+            return None
+        if self._sandbox_pid is None and self.proc.returncode is None:
+            self._sandbox_pid = find_child(self.proc.pid, b"runsc-sandbox")
+        return self._sandbox_pid or self.proc.pid
+
+    def host_cpu_ticks(self) -> int | None:
+        """CPU time (in clock ticks) the sandbox has used on the host: its cgroup's usage, which
+        covers the Sentry and the stub processes that run the guest's code."""
+        return cgroup_cpu_ticks(self.pid)
+
+    def console_tail(self, max_bytes: int = 4096) -> str:
+        """runsc's and the agent's stderr, then the network's log (e.g. blocked destinations)."""
+        net = self._net.log_tail(max_bytes)
+        tail = self._console.tail(max_bytes)
+        return (tail + ("\n" + net if net else ""))[-max_bytes:]
+
+    def exited(self) -> bool:
+        return self.proc is None or self.proc.returncode is not None
+
+    async def wait_exited(self) -> int:
+        code = 0 if self.proc is None else await self.proc.wait()
+        await self._cleanup()
+        return code
+
+    async def kill(self) -> None:
+        """Kill the sandbox (every process of it) and reap ``runsc run``. Safe to call twice."""
+        if self.proc is not None and self.proc.returncode is None:
+            await self._runsc("kill", "--all", container_id(self.spec), "KILL")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), 3)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+        await self._cleanup()
+
+    async def _runsc(self, *args: str) -> int:
+        """Run a runsc management command against this sandbox's state (bounded in time)."""
+        proc = await asyncio.create_subprocess_exec(
+            self.runsc, f"--root={self.state}", *args,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            return await asyncio.wait_for(proc.wait(), DELETE_TIMEOUT_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            return await proc.wait()
+
+    async def _cleanup(self) -> None:
+        if self._cleaned:
+            return
+        self._cleaned = True
+        for task in self._tasks:
+            task.cancel()
+        if self.state.exists():
+            await self._runsc("delete", "--force", container_id(self.spec))
+        await self._net.close()
+        if self.merged is not None:
+            with contextlib.suppress(VmError):
+                overlay.unmount(self.merged)
+        self._console.close()
+
+
+class GvisorBackend:
+    """Starts sandboxes in gVisor (``runsc``)."""
+
+    name = "gvisor"
+    needs_boot_assets = False
+    fixed_accel: Accel = "none"
+
+    def __init__(self, runsc: str | None = None) -> None:
+        """Raises:
+        VmError: runsc is missing, or msb is not root (runsc's gofer mounts and cgroups need it).
+        """
+        self.runsc = runsc or find_runsc()
+        if os.geteuid() != 0:
+            raise VmError("the gVisor backend needs root: msb runs runsc as root (its mounts and cgroups need it)",
+                          hint="run msb as root to use gVisor, or choose --backend qemu")  # fmt: skip
+
+    async def launch(self, spec: VmSpec) -> GvisorVm:
+        """Start ``runsc run`` and return once its pipes are connected (not yet READY).
+
+        Raises:
+            AgentError: the agent binary is missing.
+            VmError: runsc failed to start, the network or root could not be set up.
+        """
+        agent = paths.agent_path()
+        if not agent.is_file():
+            raise AgentError(f"the guest agent {agent} is missing", hint="build it with `make agent` (or `make setup`)")
+        if not spec.root_image.is_dir():
+            raise ConfigError(f"the gVisor backend needs the image as a directory; {spec.root_image} is not one",
+                          hint="start it from an image in the store (msb pull) or a rootfs directory")  # fmt: skip
+        state = spec.run_dir / "runsc"
+        state.mkdir(mode=0o700, exist_ok=True)
+        console = Console(spec.run_dir / "console.log")
+        net = await GvisorNetwork.create(spec, spec.run_dir)
+        vm = GvisorVm(spec, self.runsc, state, console, net)
+        try:
+            root = spec.root_image
+            if spec.upper_image is not None:
+                vm.merged = spec.run_dir / "root"
+                work = spec.upper_image.parent / (spec.upper_image.name + ".work")
+                await asyncio.to_thread(overlay.mount_overlay, spec.root_image, spec.upper_image, work, vm.merged)
+                root = vm.merged
+            bundle = spec.run_dir / "bundle"
+            bundle.mkdir(mode=0o700, exist_ok=True)
+            config = oci_config(spec, root=root, agent=agent, etc_files=net.etc_files, netns=net.netns_path)
+            (bundle / "config.json").write_text(json.dumps(config, indent=1))
+            # runsc_prefix: for scopes with a network, runsc runs in a private mount namespace
+            # (engine/vm/gvisor_net.py says why); empty for `none`
+            argv = [*net.runsc_prefix, *runsc_argv(self.runsc, spec, state, net.runsc_flags, bundle)]
+            log.debug("starting %s", " ".join(argv))
+            vm.proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 21,
+            )  # fmt: skip
+        except BaseException:
+            await vm.kill()
+            raise
+        proc = vm.proc
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        vm._tasks.append(asyncio.create_task(pump_console(proc.stderr, console)))
+        vm.channel = StreamChannel(proc.stdout, proc.stdin)
+        return vm

@@ -1,0 +1,79 @@
+"""The gVisor backend's pure parts: the OCI config and the runsc command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ConfigError
+from engine.sandbox.engine import check_layer_format
+from engine.sandbox.spec import VolumeMount
+from engine.vm.backend import VmSpec
+from engine.vm.gvisor import AGENT_IN_GUEST, container_id, oci_config, runsc_argv
+
+
+def spec(tmp_path: Path, **kw: object) -> VmSpec:
+    base: dict[str, object] = dict(name="demo", kernel=Path("/dev/null"), initrd=Path("/dev/null"),
+                                   root_image=tmp_path / "tree", run_dir=tmp_path / "run", accel="none")  # fmt: skip
+    base.update(kw)
+    return VmSpec.model_validate(base)
+
+
+def test_config_runs_the_agent_over_stdio_with_limits(tmp_path: Path) -> None:
+    cfg = oci_config(spec(tmp_path, cpus=2, memory_mib=768), root=tmp_path / "tree",
+                     agent=Path("/a/msb-agent"), etc_files={}, netns=None)  # fmt: skip
+    assert cfg["process"]["args"] == [AGENT_IN_GUEST, "--serve-stdio"]
+    assert cfg["process"]["terminal"] is False
+    assert cfg["root"] == {"path": str(tmp_path / "tree"), "readonly": False}
+    assert cfg["hostname"] == "demo"
+    res = cfg["linux"]["resources"]
+    assert res["memory"]["limit"] == 768 << 20
+    assert res["cpu"] == {"quota": 200_000, "period": 100_000}
+    agent = [m for m in cfg["mounts"] if m["destination"] == AGENT_IN_GUEST]
+    assert agent == [
+        {"destination": AGENT_IN_GUEST, "type": "bind", "source": "/a/msb-agent", "options": ["rbind", "ro"]}
+    ]
+    # no network namespace path: runsc makes a new, empty one
+    assert {"type": "network"} in cfg["linux"]["namespaces"]
+    assert "CAP_SYS_ADMIN" not in cfg["process"]["capabilities"]["bounding"]
+
+
+def test_config_binds_volumes_etc_files_and_joins_the_netns(tmp_path: Path) -> None:
+    vols = (
+        VolumeMount(host=tmp_path / "src", guest="/src", readonly=True),
+        VolumeMount(host=tmp_path / "out", guest="/out"),
+    )
+    cfg = oci_config(spec(tmp_path, volumes=vols), root=tmp_path, agent=Path("/a"),
+                     etc_files={"/etc/resolv.conf": tmp_path / "resolv.conf"},
+                     netns=Path("/run/netns/msb-x"))  # fmt: skip
+    by_dest = {m["destination"]: m for m in cfg["mounts"]}
+    assert by_dest["/src"]["options"] == ["rbind", "ro"]
+    assert by_dest["/out"]["options"] == ["rbind", "rw"]
+    assert by_dest["/src"]["source"] == str(tmp_path / "src")
+    assert by_dest["/etc/resolv.conf"]["options"] == ["rbind", "ro"]
+    assert {"type": "network", "path": "/run/netns/msb-x"} in cfg["linux"]["namespaces"]
+
+
+def test_argv_overlay_in_memory_unless_persistent(tmp_path: Path) -> None:
+    eph = runsc_argv("/bin/runsc", spec(tmp_path), tmp_path / "st", ["--network=none"], tmp_path / "b")
+    assert eph[0] == "/bin/runsc" and "--overlay2=root:memory" in eph and "--network=none" in eph
+    assert eph[-3:] == ["run", f"--bundle={tmp_path / 'b'}", "msb-demo"]
+    assert "--host-uds=none" in eph
+    per = runsc_argv("/bin/runsc", spec(tmp_path, upper_image=tmp_path / "upper"), tmp_path / "st", [], tmp_path / "b")
+    assert "--overlay2=none" in per and "--overlay2=root:memory" not in per
+    assert container_id(spec(tmp_path)) == "msb-demo"
+
+
+def test_layer_format_guard(tmp_path: Path) -> None:
+    check_layer_format(tmp_path, "qemu", image=True)  # empty: fine for both
+    check_layer_format(tmp_path, "gvisor", image=False)
+    (tmp_path / "upper.ext4").write_bytes(b"x" * 10)
+    check_layer_format(tmp_path, "qemu", image=True)
+    with pytest.raises(ConfigError, match="--backend qemu"):
+        check_layer_format(tmp_path, "gvisor", image=False)
+    (tmp_path / "upper.ext4").unlink()
+    (tmp_path / "upper" / "root").mkdir(parents=True)
+    check_layer_format(tmp_path, "gvisor", image=False)
+    with pytest.raises(ConfigError, match="--backend gvisor"):
+        check_layer_format(tmp_path, "qemu", image=True)
