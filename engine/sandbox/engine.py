@@ -30,7 +30,7 @@ from engine.vm.disk import create_upper_image, root_image_for_dir
 from engine.vm.initramfs import check_agent_current, ensure_initramfs
 from engine.vm.kernel import Kernel, read_bzimage_version, resolve_kernel
 from engine.vm.protocol import Ready
-from engine.vm.select import BackendVerdict, choose_backend, isolation_of
+from engine.vm.select import BackendVerdict, choose_backend, isolation_of, requested_backend
 from engine.vm.volumes import check_host_dirs, check_volumes
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class Engine:
         """
         self._backend: VmBackend | None = None if isinstance(backend, str) else backend
         self._backend_name = backend if isinstance(backend, str) else None
+        self._fallback: Engine | None = None
         self.backend_verdict: BackendVerdict | None = None
         """Why this backend was chosen (set by :meth:`prepare`; None for a backend passed in)."""
         self.cache_dir = cache_dir or paths.cache_dir()
@@ -180,6 +181,15 @@ class Engine:
             kernel_args=_boot_args(assets),
             volumes=spec.volumes, ports=spec.ports, network=spec.network,
         )  # fmt: skip
+        check = getattr(self.backend, "check_spec", None)
+        try:
+            if check is not None:
+                check(vm_spec)
+        except ConfigError:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if not self._chosen_automatically():
+                raise
+            return await (await self._fallback_engine()).start(spec)
         try:
             vm, client, ready, _ = await self._boot(vm_spec, spec.boot_timeout_s)
         except BaseException:
@@ -191,6 +201,21 @@ class Engine:
         log.info("sandbox %s ready in %.0f ms (%s, %s)", spec.name, boot_s * 1000, self.backend.name,
                  assets.accel.accel)  # fmt: skip
         return sandbox
+
+    def _chosen_automatically(self) -> bool:
+        return self.backend_verdict is not None and requested_backend(self._backend_name)[0] == "auto"
+
+    async def _fallback_engine(self) -> Engine:
+        """For ``auto``: an engine on the next backend, for sandboxes this one's refuses (libkrun
+        cannot honour the ``public`` scope, for one)."""
+        if self._fallback is None:
+            backend, verdict = await choose_backend("auto", self.cache_dir, exclude=(self.backend.name,))
+            log.info("backend %s cannot honour some sandboxes; those run on %s", self.backend.name, backend.name)
+            fallback = Engine(backend, cache_dir=self.cache_dir, accel=self._accel, kernel=self._kernel,
+                              machine=self.machine)  # fmt: skip
+            fallback.backend_verdict = verdict
+            self._fallback = fallback
+        return self._fallback
 
     def _check_volumes(self, spec: SandboxSpec, kernel: Kernel) -> None:
         """Refuse volumes the guest could not mount, before anything is built or booted.

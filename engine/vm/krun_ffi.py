@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes.util
 import errno as errno_mod
 import os
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ int32_t krun_free_ctx(uint32_t ctx_id);
 int32_t krun_set_vm_config(uint32_t ctx_id, uint8_t num_vcpus, uint32_t ram_mib);
 int32_t krun_set_root(uint32_t ctx_id, const char *root_path);
 int32_t krun_add_virtiofs(uint32_t ctx_id, const char *c_tag, const char *c_path);
+int32_t krun_disable_implicit_vsock(uint32_t ctx_id);
+int32_t krun_add_vsock(uint32_t ctx_id, uint32_t tsi_features);
 int32_t krun_add_vsock_port(uint32_t ctx_id, uint32_t port, const char *c_filepath);
 int32_t krun_set_port_map(uint32_t ctx_id, const char *const port_map[]);
 int32_t krun_set_rlimits(uint32_t ctx_id, const char *const rlimits[]);
@@ -48,6 +51,10 @@ COMMON_PATHS = (
     "/usr/lib/libkrun.so.1",
 )
 """Where distributions and ``make install`` put libkrun, tried after ldconfig's cache."""
+KRUN_TSI_HIJACK_INET = 1 << 0
+"""``krun_add_vsock`` feature: the guest's IPv4/IPv6 sockets become sockets of the VMM (TSI)."""
+MIN_VERSION = "1.17"
+"""The first libkrun with ``krun_add_vsock`` (TSI chosen per VM, enforced in the VMM)."""
 
 _INSTALL_HINT = (
     "install libkrun (e.g. dnf install libkrun, or build containers/libkrun), or point MSB_LIBKRUN at libkrun.so"
@@ -77,12 +84,31 @@ def find_libkrun() -> str:
     raise VmError("libkrun not found (not in the ldconfig cache nor in the usual library paths)", hint=_INSTALL_HINT)
 
 
+def library_version(path: str) -> str | None:
+    """The version in a library's resolved file name (``libkrun.so.1.17.4`` → ``1.17.4``):
+    libkrun has no call that reports it. ``path`` is a path or a soname (looked up in
+    ldconfig's cache, without loading the library)."""
+    if "/" not in path:
+        try:
+            out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        hits = [ln.rsplit("=> ", 1)[1].strip() for ln in out.splitlines() if ln.strip().startswith(path + " ")]
+        if not hits:
+            return None
+        path = hits[0]
+    _, sep, version = os.path.basename(os.path.realpath(path)).partition(".so.")
+    return version if sep and version else None
+
+
 def krun_error(call: str, rc: int) -> VmError:
     """The error for a failed libkrun call that returned ``rc`` (``-errno``)."""
     err = -rc
     name = errno_mod.errorcode.get(err, str(err))
-    return VmError(f"libkrun {call} failed: {os.strerror(err)} ({name})",
-                   hint="libkrun's own log says more: raise its log level (krun.spawn(log_level=4))")  # fmt: skip
+    return VmError(
+        f"libkrun {call} failed: {os.strerror(err)} ({name})",
+        hint="libkrun's own log says more: set MSB_KRUN_LOG=4 (it goes to the sandbox's console log)",
+    )
 
 
 class KrunLib:
@@ -112,7 +138,7 @@ class KrunLib:
         try:
             fn = getattr(self._lib, name)
         except AttributeError as e:  # cffi resolves symbols lazily, on first access
-            raise VmError(f"{self.path} has no {name}", hint="install a newer libkrun (1.9 or later)") from e
+            raise VmError(f"{self.path} has no {name}", hint=f"install libkrun {MIN_VERSION} or later") from e
         rc = int(fn(*args))
         if rc < 0:
             raise krun_error(name, rc)
@@ -167,6 +193,16 @@ class KrunContext:
     def add_virtiofs(self, tag: str, host_dir: str) -> None:
         """Share ``host_dir`` with the guest as a virtio-fs device with mount tag ``tag``."""
         self.lib.call("krun_add_virtiofs", self.ctx_id, self._str(tag), self._str(host_dir))
+
+    def disable_implicit_vsock(self) -> None:
+        """Drop the vsock device libkrun adds by itself (whose TSI follows heuristics), so
+        :meth:`add_vsock` decides what the guest's sockets reach."""
+        self.lib.call("krun_disable_implicit_vsock", self.ctx_id)
+
+    def add_vsock(self, tsi_features: int) -> None:
+        """Add the vsock device with exactly ``tsi_features`` (0: no TSI — libkrun's VMM then
+        refuses the guest's socket proxies; :data:`KRUN_TSI_HIJACK_INET`: IP sockets)."""
+        self.lib.call("krun_add_vsock", self.ctx_id, tsi_features)
 
     def add_vsock_port(self, port: int, socket_path: str) -> None:
         """Connect guest vsock ``port`` to the host unix socket ``socket_path`` (listened on by us)."""

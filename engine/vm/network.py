@@ -47,7 +47,8 @@ def check_network(spec: VmSpec) -> None:
         if ip is None or ip.version != 4:
             raise ConfigError(
                 f"published port {p.host_port}: host_ip {p.host_ip!r} is not an IPv4 address",
-                hint="user-mode networking (QEMU's slirp, slirp4netns) listens on IPv4 only; use 127.0.0.1 (default) or 0.0.0.0",
+                hint="user-mode networking (QEMU's slirp, slirp4netns) listens on IPv4 only; "
+                "use 127.0.0.1 (default) or 0.0.0.0",
             )
         key = (p.protocol, p.host_ip, p.host_port)
         if key in seen:

@@ -25,6 +25,7 @@ from pathlib import Path
 from engine.errors import ConfigError, VmError
 
 MNT_DETACH = 2
+MS_NOSUID, MS_NODEV = 0x2, 0x4
 
 
 def _libc() -> ctypes.CDLL:
@@ -56,7 +57,8 @@ def mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
         d.mkdir(parents=True, exist_ok=True)
     detach_stale(upper)
     opts = f"lowerdir={_escape(lower)},upperdir={_escape(upper)},workdir={_escape(work)}"
-    rc = _libc().mount(b"overlay", str(target).encode(), b"overlay", 0, opts.encode())
+    # nosuid,nodev: setuid files or device nodes the guest leaves in its layer mean nothing here
+    rc = _libc().mount(b"overlay", str(target).encode(), b"overlay", MS_NOSUID | MS_NODEV, opts.encode())
     if rc != 0:
         err = ctypes.get_errno()
         hint = "the gVisor and libkrun backends need root to mount the sandbox's writable root"

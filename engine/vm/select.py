@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from pydantic import BaseModel
 
@@ -185,16 +185,11 @@ async def _probe_start(backend: VmBackend, cache_dir: Path) -> None:
 
 async def probe_krun(cache_dir: Path) -> tuple[BackendVerdict, VmBackend | None]:
     """libkrun works when the library loads, /dev/kvm opens and a probe guest answers."""
-    try:
-        import importlib
+    from engine.vm.krun_backend import KrunBackend
+    from engine.vm.krun_probe import aprobe_krun
 
-        krun_backend: Any = importlib.import_module("engine.vm.krun_backend")
-    except ImportError:
-        return BackendVerdict(name="krun", usable=False, reason="the libkrun backend is not built into this msb",
-                              isolation=ISOLATION["krun"]), None  # fmt: skip
-    fields = await asyncio.to_thread(krun_backend.probe_krun)
-    verdict = BackendVerdict.model_validate(fields)
-    return verdict, krun_backend.KrunBackend() if verdict.usable else None
+    verdict = BackendVerdict.model_validate(await aprobe_krun())
+    return verdict, KrunBackend() if verdict.usable else None
 
 
 PROBES = {"krun": probe_krun, "qemu": probe_qemu, "gvisor": probe_gvisor}
@@ -235,12 +230,13 @@ def requested_backend(forced: str | None = None) -> tuple[str, str]:
 
 
 async def choose_backend(
-    forced: str | None = None, cache_dir: Path | None = None
+    forced: str | None = None, cache_dir: Path | None = None, *, exclude: tuple[str, ...] = ()
 ) -> tuple[VmBackend, BackendVerdict]:
     """The backend to use and its verdict.
 
     Args:
         forced: a backend name, ``auto``, or ``None`` (then ``MSB_BACKEND``, else ``auto``).
+        exclude: backends ``auto`` must skip (one that refused a sandbox's spec).
 
     Raises:
         ConfigError: an unknown backend name.
@@ -264,6 +260,8 @@ async def choose_backend(
     tcg: tuple[BackendVerdict, VmBackend | None] | None = None
     reasons = []
     for probe_name in ("krun", "qemu", "gvisor"):
+        if probe_name in exclude:
+            continue
         verdict, backend = await PROBES[probe_name](cache_dir)
         reasons.append(f"{probe_name}: {verdict.reason}")
         if backend is None or not verdict.usable:

@@ -1,7 +1,9 @@
 /* msb guest agent: entry point, channel reader, frame dispatch and the event loop.
  *
  *   msb-agent                 as PID 1 of the VM's initramfs: boot, then serve the channel
- *   msb-agent --serve-stdio   for host tests: no mounts, serve stdin (read) / stdout (write)
+ *   msb-agent --krun          as libkrun's workload: MSB_* from the environment, vsock channel
+ *   msb-agent --krun --dry-run   print what --krun would set up from the environment, and exit
+ *   msb-agent --serve-stdio   no mounts, serve stdin (read) / stdout (write): gVisor, tests
  *   msb-agent --version       print the compiled-in version
  *
  * The wire contract is docs/protocol.md.
@@ -72,22 +74,42 @@ static int reap_some(void)
 	}
 }
 
+void agent_exit(int code)
+{
+	if (g.pid1)
+		poweroff();
+	exec_kill_all();
+	if (g.krun) {
+		sync();
+		if (getpid() == 1) /* an older libkrun's init exec'd us: we are init */
+			poweroff();
+	}
+	exit(code);
+}
+
 static void shutdown_now(void)
 {
-	if (!g.pid1) {
-		exec_kill_all();
-		exit(0);
-	}
-	/* SIGTERM, a short grace for clean exits, then SIGKILL for the rest. */
-	kill(-1, SIGTERM);
+	if (!g.pid1 && !g.krun)
+		agent_exit(0);
+	/* SIGTERM, a short grace for clean exits, then SIGKILL for the rest. As init of a QEMU VM
+	 * that is every process (kill(-1) spares us). Under libkrun it is our execs' process
+	 * groups only: the VM ends with us anyway, and kill(-1) must never reach a host's
+	 * processes should the agent run outside a VM. */
+	if (g.pid1)
+		kill(-1, SIGTERM);
+	else
+		exec_signal_all(SIGTERM);
 	int64_t end = mono_ms() + 500;
 	while (reap_some() && mono_ms() < end)
 		sleep_ms(5);
-	kill(-1, SIGKILL);
+	if (g.pid1)
+		kill(-1, SIGKILL);
+	else
+		exec_kill_all();
 	end = mono_ms() + 200;
 	while (reap_some() && mono_ms() < end)
 		sleep_ms(5);
-	poweroff();
+	agent_exit(0);
 }
 
 /* ---- frame dispatch ---- */
@@ -192,17 +214,16 @@ static size_t parse_frames(void)
 }
 
 /* One read per readiness; returns 0 normally, -1 when the peer is gone. Under --serve-stdio
- * that ends the agent; in a VM the host may (re)connect the port later, so we back off. */
+ * and --krun that ends the agent (a closed pipe or vsock connection never comes back); in a
+ * QEMU VM the host may (re)connect the virtio port later, so we back off. */
 static int channel_read(void)
 {
 	ssize_t n = read(g.chan_in, rbuf + rlen, sizeof rbuf - rlen);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return 0;
 	if (n <= 0) {
-		if (!g.pid1) {
-			exec_kill_all();
-			exit(n == 0 ? 0 : 1);
-		}
+		if (!g.pid1)
+			agent_exit(n == 0 ? 0 : 1);
 		return -1;
 	}
 	rlen += (size_t)n;
@@ -218,9 +239,9 @@ static int channel_read(void)
 static void __attribute__((noreturn)) die(const char *what)
 {
 	int err = errno;
-	if (g.pid1) {
+	if (g.pid1 || g.krun) {
 		boot_log("%s: %s", what, strerror(err));
-		poweroff();
+		agent_exit(1);
 	}
 	fprintf(stderr, "msb-agent: %s: %s\n", what, strerror(err));
 	exit(1);
@@ -340,6 +361,10 @@ int main(int argc, char **argv)
 	 * a VM, arguments are ignored: the kernel passes unknown command-line words to init. */
 	if (argc > 1 && !strcmp(argv[1], "--serve-stdio")) {
 		setup_stdio();
+	} else if (argc > 1 && !strcmp(argv[1], "--krun")) {
+		/* Before the PID 1 test: an older libkrun's init exec's its workload as PID 1. */
+		g.krun = 1;
+		boot_krun(&t, argc > 2 && !strcmp(argv[2], "--dry-run"));
 	} else if (getpid() == 1) {
 		g.pid1 = 1;
 		boot_pid1(&t);
@@ -347,7 +372,7 @@ int main(int argc, char **argv)
 		printf("msb-agent %s (protocol %u)\n", AGENT_VERSION, PROTO_VERSION);
 		return 0;
 	} else {
-		fprintf(stderr, "usage: msb-agent --serve-stdio | --version  (runs as PID 1 in the VM)\n");
+		fprintf(stderr, "usage: msb-agent --serve-stdio | --krun [--dry-run] | --version  (runs as PID 1 in a QEMU VM)\n");
 		return 2;
 	}
 	setup_common();

@@ -1,7 +1,8 @@
 /* msb guest agent: shared declarations.
  *
- * The agent is PID 1 of the sandbox VM (or a plain process with --serve-stdio for tests) and
- * speaks the frame protocol of docs/protocol.md over one byte stream. Everything runs in one
+ * The agent is PID 1 of a QEMU sandbox VM, the program libkrun's init runs (--krun), or a
+ * plain process with --serve-stdio (gVisor, tests), and speaks the frame protocol of
+ * docs/protocol.md over one byte stream. Everything runs in one
  * thread around one epoll loop; nothing here may crash or block forever, because PID 1 dying
  * panics the guest kernel.
  */
@@ -59,7 +60,8 @@ enum msg_type {
 
 /* ---- process-wide state (agent.c) ---- */
 struct agent {
-	int pid1;          /* we are init of a VM: boot, power off at the end (vs --serve-stdio) */
+	int pid1;          /* we are init of a QEMU VM: boot, power off at the end */
+	int krun;          /* run by libkrun's init (--krun): parameters from the environment */
 	int chan_in;       /* channel read side (O_NONBLOCK) */
 	int chan_out;      /* channel write side (may be the same fd) */
 	int epfd;
@@ -78,6 +80,9 @@ static inline uint64_t ev_data(unsigned kind, unsigned slot, uint32_t gen)
 }
 
 uint64_t now_ns(int clock);
+/* Ends the agent: as PID 1 of a VM it powers off, under libkrun it exits (init then ends the
+ * VM with our status), otherwise it exits. */
+void agent_exit(int code) __attribute__((noreturn));
 int64_t mono_ms(void);
 void sleep_ms(unsigned ms);
 void set_nonblock(int fd);
@@ -142,16 +147,33 @@ void boot_pid1(struct boot_times *t);
 void boot_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Logs to the console and powers off: a boot step that cannot be completed. */
 void boot_fatal(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+/* Syncs and ends the VM: reboot(2) only as PID 1, else _exit(1) (libkrun's init ends the VM). */
 void poweroff(void) __attribute__((noreturn));
+/* Makes sure fds 0-2 are open, so every fd opened later is >= 3 (spawn relies on it). */
+void fill_std_fds(void);
+
+/* ---- under libkrun (krun.c): init has mounted /dev, /proc, /sys; we read MSB_* ---- */
+/* Parses MSB_PORT, MSB_HOSTNAME, MSB_SYNC and MSB_VOLn; with dry_run prints what it parsed
+ * and exits, else sets the hostname, mounts the volumes and connects the channel. */
+void boot_krun(struct boot_times *t, int dry_run);
 
 /* ---- network (net.c) and volumes (volumes.c), after the switch to the new root ---- */
 #define MAX_VOLUMES 16
 #define VOLUME_ARG 1024 /* one msb.vol= value: TAG:ro|rw:PATH with PATH %-encoded */
+/* Sets the hostname and brings up lo (best effort: failures are logged). */
+void net_base(const char *hostname);
 /* eth0 = 10.0.2.15/24, default route via 10.0.2.2 (QEMU user networking), and
  * /etc/resolv.conf naming dns (or no resolver when dns is empty). Fatal on failure. */
 void net_up(const char *dns);
-/* Mounts one 9p volume described by a msb.vol= value. Fatal on failure. */
-void volume_mount(const char *arg);
+struct volume {
+	char tag[64];
+	int ro;
+	char path[VOLUME_ARG]; /* decoded */
+};
+/* Parses TAG:ro|rw:PATH (a msb.vol= or MSB_VOLn value); returns NULL or why it is malformed. */
+const char *volume_parse(const char *arg, struct volume *v);
+/* Mounts a parsed volume with fstype "9p" (QEMU) or "virtiofs" (libkrun). Fatal on failure. */
+void volume_mount(const struct volume *v, const char *fstype);
 
 /* ---- execs (exec.c) ---- */
 void exec_on_frame(uint8_t type, uint32_t id, struct rd *r);
@@ -159,6 +181,8 @@ void exec_on_event(unsigned kind, unsigned slot, uint32_t gen, uint32_t events);
 void exec_reap_all(void);
 int exec_timeout_ms(void);
 void exec_check_timeouts(void);
+/* Signals the process group of every running exec. */
+void exec_signal_all(int sig);
 void exec_kill_all(void);
 
 /* ---- files (files.c) ---- */

@@ -76,8 +76,12 @@ void boot_log(const char *fmt, ...)
 void poweroff(void)
 {
 	sync();
-	reboot(RB_POWER_OFF);
-	/* Not reached as PID 1; if it is, exiting at least makes the failure visible (panic). */
+	/* Only init may end the VM this way (and a stray call on a host must never reboot it).
+	 * libkrun's VMM exits on a guest reboot, as its own init does; QEMU runs -no-reboot. */
+	if (getpid() == 1)
+		reboot(g.krun ? RB_AUTOBOOT : RB_POWER_OFF);
+	/* Not PID 1 (libkrun's init runs us as its child and ends the VM when we exit), or
+	 * reboot failed: exiting at least makes the failure visible. */
 	_exit(1);
 }
 
@@ -270,23 +274,6 @@ static void setup_dev(void)
 	}
 }
 
-static void setup_net(const char *hostname)
-{
-	if (sethostname(hostname, strlen(hostname)) < 0)
-		boot_log("sethostname: %s", strerror(errno));
-	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (s < 0) {
-		boot_log("socket: %s", strerror(errno));
-		return;
-	}
-	struct ifreq ifr;
-	memset(&ifr, 0, sizeof ifr);
-	strcpy(ifr.ifr_name, "lo");
-	if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0 || (ifr.ifr_flags |= IFF_UP, ioctl(s, SIOCSIFFLAGS, &ifr) < 0))
-		boot_log("bringing up lo: %s", strerror(errno));
-	close(s);
-}
-
 /* ---- channel ---- */
 
 /* Finds /sys/class/virtio-ports/<dev>/name == port and opens /dev/<dev>. Returns fd or -1. */
@@ -332,8 +319,7 @@ static void open_channel(const char *port)
 	g.chan_in = g.chan_out = fd;
 }
 
-/* Makes sure fds 0-2 are open, so every fd the agent opens later is >= 3 (spawn relies on it). */
-static void fill_std_fds(void)
+void fill_std_fds(void)
 {
 	for (int fd = 0; fd < 3; fd++) {
 		if (fcntl(fd, F_GETFD) >= 0)
@@ -366,10 +352,15 @@ void boot_pid1(struct boot_times *t)
 	setup_dev();
 	t->root = now_ns(CLOCK_BOOTTIME);
 
-	setup_net(c.hostname);
+	net_base(c.hostname);
 	if (c.net)
 		net_up(c.dns);
-	for (int i = 0; i < c.n_vols; i++)
-		volume_mount(c.vols[i]);
+	for (int i = 0; i < c.n_vols; i++) {
+		struct volume v;
+		const char *why = volume_parse(c.vols[i], &v);
+		if (why)
+			fatal("malformed msb.vol=%s (%s)", c.vols[i], why);
+		volume_mount(&v, "9p");
+	}
 	open_channel(c.port);
 }

@@ -527,11 +527,16 @@ void exec_check_timeouts(void)
 	}
 }
 
-void exec_kill_all(void)
+void exec_signal_all(int sig)
 {
 	for (int i = 0; i < MAX_EXECS; i++)
 		if (execs[i].used && !execs[i].reaped)
-			kill(-execs[i].pid, SIGKILL);
+			kill(-execs[i].pid, sig);
+}
+
+void exec_kill_all(void)
+{
+	exec_signal_all(SIGKILL);
 }
 
 /* ---- dispatch ---- */

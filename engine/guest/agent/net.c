@@ -1,5 +1,5 @@
-/* The guest's network: eth0 on QEMU's user-mode network, configured with ioctls (no ip/ifconfig:
- * images may have neither).
+/* The guest's network: the hostname and lo (every VM), and eth0 on QEMU's user-mode network,
+ * configured with ioctls (no ip/ifconfig: images may have neither).
  *
  * QEMU's user networking (slirp) always uses 10.0.2.0/24: the guest is 10.0.2.15, the gateway
  * 10.0.2.2, the DNS forwarder 10.0.2.3. What the guest may reach beyond it is decided on the
@@ -96,6 +96,23 @@ static void write_resolv_conf(const char *dns)
 		boot_log("writing /etc/resolv.conf: %s", strerror(errno));
 	if (fd >= 0)
 		close(fd);
+}
+
+void net_base(const char *hostname)
+{
+	if (sethostname(hostname, strlen(hostname)) < 0)
+		boot_log("sethostname: %s", strerror(errno));
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (s < 0) {
+		boot_log("socket: %s", strerror(errno));
+		return;
+	}
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof ifr);
+	strcpy(ifr.ifr_name, "lo");
+	if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0 || (ifr.ifr_flags |= IFF_UP, ioctl(s, SIOCSIFFLAGS, &ifr) < 0))
+		boot_log("bringing up lo: %s", strerror(errno));
+	close(s);
 }
 
 void net_up(const char *dns)

@@ -188,16 +188,13 @@ void wr_patch_u32(struct wr *w, size_t body_off, uint32_t v)
 
 /* ---- channel output ---- */
 
-/* The channel is gone: nothing sensible is left to do. In a VM the host has lost us, so power
- * off rather than run unattended; under --serve-stdio the test harness went away. */
+/* The channel is gone: nothing sensible is left to do. In a VM the host has lost us, so end
+ * the VM rather than run unattended; under --serve-stdio the test harness went away. */
 static void channel_lost(int err)
 {
-	if (g.pid1) {
-		boot_log("channel write failed: %s; powering off", strerror(err));
-		poweroff();
-	}
-	exec_kill_all();
-	_exit(1);
+	if (g.pid1 || g.krun)
+		boot_log("channel write failed: %s; ending the VM", strerror(err));
+	agent_exit(1);
 }
 
 /* Waits until the channel may take more. A virtio port whose host side is not connected

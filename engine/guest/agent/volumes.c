@@ -1,10 +1,12 @@
-/* Host directories shared into the guest over virtio-9p (QEMU's -fsdev local).
+/* Host directories shared into the guest: over virtio-9p under QEMU (-fsdev local), over
+ * virtio-fs under libkrun (krun_add_virtiofs).
  *
- * Each volume comes as one kernel parameter, msb.vol=TAG:MODE:PATH: TAG is the virtio-9p
- * mount tag QEMU was given, MODE is ro or rw, PATH the absolute mount point in the guest with
- * every byte outside [A-Za-z0-9/._+@=,~-] written as %XX (the command line is split at
- * spaces). Mount points are created in the new root; a volume that cannot be mounted stops
- * the boot, because a sandbox without the files it was promised would fail later, obscurely.
+ * Each volume comes as TAG:MODE:PATH — the kernel parameter msb.vol= under QEMU, the
+ * environment variable MSB_VOLn under libkrun: TAG is the mount tag the VMM was given, MODE
+ * is ro or rw, PATH the absolute mount point in the guest with every byte outside
+ * [A-Za-z0-9/._+@=,~-] written as %XX (the command line is split at spaces). Mount points are
+ * created in the sandbox's root; a volume that cannot be mounted stops the boot, because a
+ * sandbox without the files it was promised would fail later, obscurely.
  */
 #define _GNU_SOURCE
 #include "agent.h"
@@ -18,7 +20,7 @@
 /* 9p2000.L is the Linux dialect (full POSIX semantics). cache=mmap keeps reads and writes
  * uncached, so host and guest see each other's changes at once, yet allows mmap (executables,
  * databases). msize: 256 KiB messages instead of 8 KiB make large reads much faster. */
-#define OPTIONS "trans=virtio,version=9p2000.L,msize=262144,cache=mmap"
+#define OPTIONS_9P "trans=virtio,version=9p2000.L,msize=262144,cache=mmap"
 
 static int hexval(char ch)
 {
@@ -70,23 +72,28 @@ static void mkdir_p(const char *path)
 	}
 }
 
-void volume_mount(const char *arg)
+const char *volume_parse(const char *arg, struct volume *v)
 {
-	char tag[64], path[VOLUME_ARG];
 	const char *c1 = strchr(arg, ':');
 	const char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
-	if (!c1 || !c2 || (size_t)(c1 - arg) >= sizeof tag || c1 == arg)
-		boot_fatal("malformed msb.vol=%s (want TAG:ro|rw:PATH)", arg);
-	memcpy(tag, arg, (size_t)(c1 - arg));
-	tag[c1 - arg] = 0;
-	int ro = !strncmp(c1 + 1, "ro:", 3);
-	if (!ro && strncmp(c1 + 1, "rw:", 3))
-		boot_fatal("malformed msb.vol=%s (mode must be ro or rw)", arg);
-	if (decode(c2 + 1, path, sizeof path) < 0 || path[0] != '/' || !path[1])
-		boot_fatal("malformed msb.vol=%s (path must be absolute and %%XX-encoded)", arg);
-	mkdir_p(path);
-	unsigned long flags = MS_NOSUID | MS_NODEV | (ro ? MS_RDONLY : 0);
-	if (mount(tag, path, "9p", flags, OPTIONS) < 0)
-		boot_fatal("mounting volume %s on %s: %s (is 9p over virtio built into the guest kernel?)", tag, path,
-			   strerror(errno));
+	if (!c1 || !c2 || c1 == arg || (size_t)(c1 - arg) >= sizeof v->tag)
+		return "want TAG:ro|rw:PATH";
+	memcpy(v->tag, arg, (size_t)(c1 - arg));
+	v->tag[c1 - arg] = 0;
+	v->ro = !strncmp(c1 + 1, "ro:", 3);
+	if (!v->ro && strncmp(c1 + 1, "rw:", 3))
+		return "mode must be ro or rw";
+	if (decode(c2 + 1, v->path, sizeof v->path) < 0 || v->path[0] != '/' || !v->path[1])
+		return "path must be absolute and %XX-encoded";
+	return NULL;
+}
+
+void volume_mount(const struct volume *v, const char *fstype)
+{
+	int virtiofs = !strcmp(fstype, "virtiofs");
+	mkdir_p(v->path);
+	unsigned long flags = MS_NOSUID | MS_NODEV | (v->ro ? MS_RDONLY : 0);
+	if (mount(v->tag, v->path, fstype, flags, virtiofs ? NULL : OPTIONS_9P) < 0)
+		boot_fatal("mounting volume %s on %s: %s (is %s built into the guest kernel?)", v->tag, v->path,
+			   strerror(errno), virtiofs ? "virtio-fs" : "9p over virtio");
 }

@@ -7,10 +7,8 @@ its arguments, and check what crosses the C boundary: the exact calls, their ord
 
 from __future__ import annotations
 
-import json
 import os
 import resource
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -24,46 +22,32 @@ from engine.vm.backend import VmSpec
 from engine.vm.krun import KrunCall, apply_plan, krun_plan, spawn
 from engine.vm.krun_child import EXIT_CONFIG
 from engine.vm.krun_ffi import KrunLib
+from tests.unit.vm import krun_standin
+from tests.unit.vm.krun_standin import CTX, recorded
 
 CHILD_TIMEOUT_S = 60.0
-CTX = 7  # the stand-in's context id
 AGENT_SOCKET = Path("/run/msb/vm/agent.sock")
 
 
 @pytest.fixture(scope="session")
 def standin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        pytest.skip("no C compiler to build the libkrun stand-in")
-    out = tmp_path_factory.mktemp("krun") / "libkrun.so"
-    src = Path(__file__).with_name("krun_standin.c")
-    subprocess.run([gcc, "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o", str(out), str(src)], check=True)
-    return out
+    return krun_standin.build(tmp_path_factory.mktemp("krun"))
 
 
 @pytest.fixture
 def calls_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standin: Path) -> Path:
     log = tmp_path / "calls.jsonl"
-    monkeypatch.setenv("KRUN_STANDIN_LOG", str(log))
-    monkeypatch.setenv("MSB_LIBKRUN", str(standin))
-    monkeypatch.delenv("KRUN_STANDIN_FAIL", raising=False)
-    monkeypatch.delenv("KRUN_STANDIN_EXIT", raising=False)
+    krun_standin.use(monkeypatch, standin, log)
     return log
-
-
-def recorded(log: Path) -> list[tuple[str, list[Any]]]:
-    if not log.exists():
-        return []
-    return [(d["call"], d["args"]) for d in map(json.loads, log.read_text().splitlines())]
 
 
 def spec(tmp_path: Path) -> VmSpec:
     share = tmp_path / "share"
     share.mkdir(exist_ok=True)
     return VmSpec(name="demo", kernel=Path("/k/bzImage"), initrd=Path("/k/initrd"), root_image=Path("/img/root.ext4"),
-                  run_dir=tmp_path, cpus=2, memory_mib=512, network="public",
+                  run_dir=tmp_path, cpus=2, memory_mib=512, network="any",
                   volumes=(VolumeMount(host=share, guest="/data", readonly=True),),
-                  ports=(PortMap(host_port=8080, guest_port=80),))  # fmt: skip
+                  ports=(PortMap(host_port=8080, guest_port=80, host_ip="0.0.0.0"),))  # fmt: skip
 
 
 def plan(tmp_path: Path) -> list[KrunCall]:
@@ -79,6 +63,8 @@ def expected(tmp_path: Path) -> list[tuple[str, list[Any]]]:
         ("krun_set_vm_config", [CTX, 2, 512]),
         ("krun_set_root", [CTX, "/img/rootfs"]),
         ("krun_add_virtiofs", [CTX, "msbvol0", str(tmp_path / "share")]),
+        ("krun_disable_implicit_vsock", [CTX]),
+        ("krun_add_vsock", [CTX, 1]),  # KRUN_TSI_HIJACK_INET: scope "any"
         ("krun_add_vsock_port", [CTX, 1024, str(AGENT_SOCKET)]),
         ("krun_set_port_map", [CTX, ["8080:80"]]),
         ("krun_set_rlimits", [CTX, [f"{nofile}=65536:65536"]]),
@@ -98,7 +84,7 @@ def test_exact_call_sequence_and_arguments(tmp_path: Path, calls_log: Path) -> N
 def test_empty_port_map_is_an_empty_array_not_null(tmp_path: Path, calls_log: Path) -> None:
     # NULL would tell libkrun to publish every listening guest port.
     p = krun_plan(spec(tmp_path).model_copy(update={"ports": ()}), root_dir=Path("/r"), agent_socket=AGENT_SOCKET,
-                  agent_port=5, rlimits={})  # fmt: skip
+                  agent_port=5, rlimits={}, agent_args=())  # fmt: skip
     apply_plan(KrunLib().create_ctx(), p)
     got = dict(recorded(calls_log))
     assert got["krun_set_port_map"] == [CTX, []]
@@ -166,7 +152,8 @@ def test_child_reports_a_failed_call(
 
 
 def test_plan_refuses_what_libkrun_cannot_do(tmp_path: Path) -> None:
-    udp = spec(tmp_path).model_copy(update={"ports": (PortMap(host_port=53, guest_port=53, protocol="udp"),)})
+    udp_port = PortMap(host_port=53, guest_port=53, protocol="udp", host_ip="0.0.0.0")
+    udp = spec(tmp_path).model_copy(update={"ports": (udp_port,)})
     with pytest.raises(ConfigError, match="TCP ports only"):
         krun_plan(udp, root_dir=Path("/r"), agent_socket=AGENT_SOCKET, agent_port=5)
     offline = spec(tmp_path).model_copy(update={"network": "none"})
