@@ -125,8 +125,8 @@ class Engine:
         verdict = await choose_accel(
             qemu=qemu, kernel=kernel.path, cache_file=self.cache_dir / "accel.json", probe=probe, forced=self._accel
         )
-        if verdict.warning:  # front ends show it to users; here it is for the logs
-            log.info("%s", verdict.warning)
+        if verdict.warning:  # front ends (and the server's log) show it to users
+            log.debug("%s", verdict.warning)
         if self.backend_verdict is not None and self.backend_verdict.accel is None:
             self.backend_verdict = self.backend_verdict.model_copy(
                 update={"accel": verdict.accel, "isolation": isolation_of(backend.name, verdict.accel)}

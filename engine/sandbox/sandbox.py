@@ -215,6 +215,10 @@ class Sandbox:
             if busy is not None:
                 total = int((time.time() - self.started_at) * raw.clk_tck * self.spec.cpus)
                 raw = raw.model_copy(update={"cpu_busy_ticks": busy, "cpu_total_ticks": max(total, 1)})
+        host_disk = getattr(self.vm, "host_disk_bytes", None)
+        disk = host_disk() if host_disk is not None else None
+        if disk is not None:
+            raw = raw.model_copy(update={"disk_used_bytes": disk})
         return self._metrics.update(raw, process_rss_mib(self.vm.pid))
 
     # ------------------------------------------------------------------ lifecycle

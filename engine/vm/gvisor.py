@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,8 @@ def container_id(spec: VmSpec) -> str:
 
 
 def oci_config(
-    spec: VmSpec, *, root: Path, agent: Path, etc_files: dict[str, Path], netns: Path | None
+    spec: VmSpec, *, root: Path, agent: Path, etc_files: dict[str, Path], netns: Path | None,
+    volume_sources: list[Path] | None = None,
 ) -> dict[str, Any]:
     """The OCI runtime config of a sandbox (pure).
 
@@ -70,6 +72,8 @@ def oci_config(
         agent: the host path of the static agent binary.
         etc_files: guest path → host file, bind-mounted read-only (resolv.conf, hosts).
         netns: the network namespace to join, or None for a new, empty one.
+        volume_sources: the host path runsc gets for each volume (default: the volume's own
+            directory; read-only volumes get a read-only bind of it, see :meth:`GvisorBackend.launch`).
     """
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -82,9 +86,10 @@ def oci_config(
     ]  # fmt: skip
     for guest, host in sorted(etc_files.items()):
         mounts.append({"destination": guest, "type": "bind", "source": str(host), "options": ["rbind", "ro"]})
-    for vol in spec.volumes:
+    sources = volume_sources or [vol.host for vol in spec.volumes]
+    for vol, source in zip(spec.volumes, sources, strict=True):
         opts = ["rbind", "ro" if vol.readonly else "rw"]
-        mounts.append({"destination": vol.guest, "type": "bind", "source": str(vol.host), "options": opts})
+        mounts.append({"destination": vol.guest, "type": "bind", "source": str(source), "options": opts})
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     namespaces.append({"type": "network", "path": str(netns)} if netns else {"type": "network"})
     caps = list(CAPS)
@@ -185,6 +190,9 @@ class GvisorVm:
         self.accel: Accel = "none"
         self.channel: StreamChannel
         self.merged: Path | None = None
+        self.mounts: list[Path] = []
+        """Host mounts made for this sandbox (read-only volume binds), unmounted at the end."""
+        self._disk: tuple[float, int | None] = (0.0, None)
         self._console = console
         self._net = net
         self._tasks: list[asyncio.Task[None]] = []
@@ -199,6 +207,26 @@ class GvisorVm:
         if self._sandbox_pid is None and self.proc.returncode is None:
             self._sandbox_pid = find_child(self.proc.pid, b"runsc-sandbox")
         return self._sandbox_pid or self.proc.pid
+
+    def host_disk_bytes(self) -> int | None:
+        """Bytes in a persistent sandbox's writable layer, counted on the host (the guest's
+        statfs would report the host file system under the overlay). At most every 5 s, and
+        bounded: a layer of more than 200 000 entries reports what was counted so far."""
+        if self.spec.upper_image is None:
+            return None
+        now = time.monotonic()
+        if now - self._disk[0] < 5.0:
+            return self._disk[1]
+        total, seen = 0, 0
+        for dirpath, dirnames, filenames in os.walk(self.spec.upper_image):
+            for name in filenames:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            seen += len(filenames) + len(dirnames)
+            if seen > 200_000:
+                break
+        self._disk = (now, total)
+        return total
 
     def host_cpu_ticks(self) -> int | None:
         """CPU time (in clock ticks) the sandbox has used on the host: its cgroup's usage, which
@@ -252,6 +280,9 @@ class GvisorVm:
         if self.state.exists():
             await self._runsc("delete", "--force", container_id(self.spec))
         await self._net.close()
+        for mnt in reversed(self.mounts):
+            with contextlib.suppress(VmError):
+                overlay.unmount(mnt)
         if self.merged is not None:
             with contextlib.suppress(VmError):
                 overlay.unmount(self.merged)
@@ -296,12 +327,26 @@ class GvisorBackend:
             root = spec.root_image
             if spec.upper_image is not None:
                 vm.merged = spec.run_dir / "root"
-                work = spec.upper_image.parent / (spec.upper_image.name + ".work")
+                work = spec.upper_image.parent / "work"  # the same place as libkrun's
                 await asyncio.to_thread(overlay.mount_overlay, spec.root_image, spec.upper_image, work, vm.merged)
                 root = vm.merged
             bundle = spec.run_dir / "bundle"
             bundle.mkdir(mode=0o700, exist_ok=True)
-            config = oci_config(spec, root=root, agent=agent, etc_files=net.etc_files, netns=net.netns_path)
+            sources = []
+            for i, vol in enumerate(spec.volumes):
+                # runsc's ro option alone is not enough: runsc 20240729 lets an open(O_TRUNC) of a
+                # file on a read-only volume empty the host file before it fails with EROFS. A
+                # read-only bind makes the host kernel refuse every write from the gofer.
+                if vol.readonly:
+                    target = spec.run_dir / "vol" / str(i)
+                    target.mkdir(parents=True, exist_ok=True)
+                    await asyncio.to_thread(overlay.bind, vol.host, target, readonly=True)
+                    vm.mounts.append(target)
+                    sources.append(target)
+                else:
+                    sources.append(vol.host)
+            config = oci_config(spec, root=root, agent=agent, etc_files=net.etc_files, netns=net.netns_path,
+                                volume_sources=sources)  # fmt: skip
             (bundle / "config.json").write_text(json.dumps(config, indent=1))
             # runsc_prefix: for scopes with a network, runsc runs in a private mount namespace
             # (engine/vm/gvisor_net.py says why); empty for `none`

@@ -22,7 +22,6 @@ Mounting needs root (``CAP_SYS_ADMIN``).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -32,38 +31,13 @@ from pathlib import Path
 from engine.errors import AgentError, ConfigError, VmError
 from engine.vm import overlay
 from engine.vm.backend import VmSpec
+from engine.vm.overlay import MS_BIND, MS_NODEV, MS_NOSUID, MS_REMOUNT, bind
+from engine.vm.overlay import mount_raw as _mount
 
 log = logging.getLogger(__name__)
 
-MS_RDONLY = 0x1
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-MS_REMOUNT = 0x20
-MS_BIND = 0x1000
+
 AGENT_IN_ROOT = ".msb/agent"
-
-
-def _mount(src: str | None, dst: Path, flags: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    rc = libc.mount(src.encode() if src else None, str(dst).encode(), None, flags, None)
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise VmError(f"cannot mount {src or 'flags'} on {dst}: {os.strerror(err)}",
-                      hint="the libkrun backend needs root to prepare the sandbox's file systems")  # fmt: skip
-
-
-def bind(src: Path, dst: Path, *, readonly: bool) -> None:
-    """Bind-mount ``src`` on ``dst`` (non-recursive), ``nosuid,nodev`` and maybe read-only.
-
-    Raises:
-        VmError: a mount call failed.
-    """
-    _mount(str(src), dst, MS_BIND)
-    try:
-        _mount(None, dst, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (MS_RDONLY if readonly else 0))
-    except VmError:
-        overlay.unmount(dst)
-        raise
 
 
 def _reserve_agent_path(root: Path) -> Path:

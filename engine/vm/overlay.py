@@ -25,7 +25,7 @@ from pathlib import Path
 from engine.errors import ConfigError, VmError
 
 MNT_DETACH = 2
-MS_NOSUID, MS_NODEV = 0x2, 0x4
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND = 0x1, 0x2, 0x4, 0x20, 0x1000
 
 
 def _libc() -> ctypes.CDLL:
@@ -67,6 +67,36 @@ def mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
         elif err == errno.EBUSY:
             hint = "another instance of this sandbox is using its writable layer: stop it first"
         raise VmError(f"cannot mount the sandbox root at {target}: {os.strerror(err)}", hint=hint)
+
+
+def mount_raw(src: str | None, dst: Path, flags: int) -> None:
+    """mount(2) without a file-system type or data: binds and remounts.
+
+    Raises:
+        VmError: the call failed (the message names both paths and the error).
+    """
+    rc = _libc().mount(src.encode() if src else None, str(dst).encode(), None, flags, None)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise VmError(f"cannot mount {src or 'flags'} on {dst}: {os.strerror(err)}",
+                      hint="msb needs root to prepare a sandbox's file systems on this backend")  # fmt: skip
+
+
+def bind(src: Path, dst: Path, *, readonly: bool) -> None:
+    """Bind-mount ``src`` on ``dst`` (non-recursive), ``nosuid,nodev`` and maybe read-only.
+
+    A read-only bind is enforced by the host kernel for every process, the sandbox runtime's
+    own file server included: the guest's side cannot undo it.
+
+    Raises:
+        VmError: a mount call failed.
+    """
+    mount_raw(str(src), dst, MS_BIND)
+    try:
+        mount_raw(None, dst, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (MS_RDONLY if readonly else 0))
+    except VmError:
+        unmount(dst)
+        raise
 
 
 def unmount(target: Path) -> None:

@@ -76,6 +76,10 @@ async def test_volumes_are_bind_mounts_read_write_and_read_only(
         code, _, err = await sh(sb, "echo no > /mnt/ro/new.txt")
         assert code != 0 and "Read-only file system" in err
         assert not (ro / "new.txt").exists()
+        # an O_TRUNC open of an existing file must not empty it on the host either
+        assert (await sh(sb, "echo no > /mnt/ro/fixed.txt; rm -f /mnt/ro/fixed.txt; chmod 777 /mnt/ro"))[0] != 0
+        assert (ro / "fixed.txt").read_text() == "read only\n"
+        assert ro.stat().st_mode & 0o777 == 0o755
         # a symlink in a volume resolves inside the sandbox, never to the host's file
         code, out, _ = await sh(sb, "cat /mnt/rw/abs-link")
         assert "host secret" not in out
@@ -101,6 +105,11 @@ async def test_persistent_layer_is_a_directory_and_survives_a_killed_sentry(
     async with await gv.start(spec) as again:
         assert (await sh(again, "cat /root/note"))[1] == "kept\n"
         assert (await sh(again, "ls /bin/vi"))[0] != 0
+        before = (await again.metrics()).disk_bytes  # counted on the host: the layer, not the disk
+        assert 0 < before < 1 << 20
+        await again.write_file("/root/big", b"x" * (3 << 20))
+        await asyncio.sleep(5.1)  # the host-side count is refreshed at most every 5 s
+        assert (await again.metrics()).disk_bytes >= before + (3 << 20)
     # the same sandbox on QEMU would not see these files: refused, with the backend to use
     with pytest.raises(ConfigError, match="--backend gvisor"):
         await Engine(backend="qemu").start(spec)
