@@ -99,7 +99,8 @@ def render_images(r: dict[str, Any]) -> str:
 def render_server(r: dict[str, Any]) -> str:
     c = r["concurrent"]
     lines = [
-        f"Run {r['measured_at']} on {r['host']['cpus']} CPUs, accelerator **{r['accel']}**. The server runs as "
+        f"Run {r['measured_at']} on {r['host']['cpus']} CPUs, backend **{r.get('backend', 'qemu')}** (the "
+        f"default here; accelerator {r['accel']}). The server runs as "
         "its own process (`msb server start --dev`, uvicorn with uvloop/httptools) on 127.0.0.1; the client "
         "is httpx in the bench process; \"direct\" is the bench process's own engine on an identical "
         "busybox sandbox, runs interleaved.",

@@ -152,6 +152,7 @@ async def run(rtt_runs: int = 200, clients: int = 100, per_client: int = 5) -> d
                 await http.get(f"{base}/api/v1/health")
                 health.append((time.perf_counter() - t0) * 1000)
             accel = direct_sb.accel
+            out["backend"] = direct_sb.backend  # the default one (auto), for the server and the direct engine
             out["direct_exec_ms"] = _stats(direct)
             out["rpc_command_ms"] = _stats(over_http)
             out["rpc_command_server_ms"] = _stats(app_ms)  # Server-Timing: the server's own part

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from textual import work
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
@@ -85,7 +86,22 @@ class MsbApp(App[None]):
         return self.workbench.sandboxfile
 
     def on_mount(self) -> None:
+        self.refresh_header()
+        self._find_backend()
+
+    def refresh_header(self) -> None:
+        """The header's subtitle: the workbench's line, with the backend in force once known
+        (the dashboard calls this after each poll: running sandboxes say what they run on)."""
         self.sub_title = self.workbench.description
+
+    @work(exclusive=True, group="backend")
+    async def _find_backend(self) -> None:
+        """Ask which backend is in force (a probe, the first time on a host: not on the first frame)."""
+        try:
+            await self.workbench.backend()
+        except Exception as exc:  # shown, never raised: the sandboxes' own errors say the rest
+            self.report(exc, "choosing the backend")
+        self.refresh_header()
 
     def report(self, exc: BaseException, what: str) -> None:
         """The one place errors are shown: a notification with the message and its hint

@@ -19,11 +19,13 @@ from engine.vm.process import ExitStatus, OutputChunk
 from msb_tui.workbench import ImageRow, LayerProgress, ProgressCallback, SandboxRow
 
 DEFAULT_SANDBOXES = [
-    SandboxRow(name="api", image="microsandbox/python", status="running", accel="tcg", uptime_s=754.0,
+    SandboxRow(name="api", image="microsandbox/python", status="running", backend="qemu", accel="tcg", uptime_s=754.0,
                cpu_percent=12.5, memory_mib=88.0, disk_bytes=3 << 20, command=["python3", "-m", "http.server"]),
     SandboxRow(name="db", image="busybox", status="stopped", message="stopped by request"),
     SandboxRow(name="worker", image="microsandbox/node", status="crashed", message="the VM exited unexpectedly"),
 ]  # fmt: skip
+FAKE_BACKEND = "QEMU/TCG"
+"""The fake's backend in force (its running sandboxes are on QEMU/TCG, like this host without KVM)."""
 DEFAULT_IMAGES = [
     ImageRow(name="microsandbox/python", tag="latest", digest="sha256:" + "a1" * 32, size_bytes=48_500_000,
              created="2026-11-20T10:00:00Z"),
@@ -83,8 +85,10 @@ class FakeWorkbench:
 
     def __init__(self, sandboxfile: Path | None = None, *, sandboxes: list[SandboxRow] | None = None,
                  images: list[ImageRow] | None = None, fail: dict[str, str] | None = None,
-                 delay: asyncio.Event | None = None) -> None:  # fmt: skip
+                 delay: asyncio.Event | None = None, backend: str | None = FAKE_BACKEND) -> None:  # fmt: skip
         self._sandboxfile = sandboxfile
+        self.backend_label = backend
+        """What :meth:`backend` answers (a fixed label; ``None``: unknown)."""
         self.rows = {r.name: r.model_copy() for r in (DEFAULT_SANDBOXES if sandboxes is None else sandboxes)}
         self.image_rows = [i.model_copy() for i in (DEFAULT_IMAGES if images is None else images)]
         self.fail = dict(fail or {})
@@ -110,7 +114,11 @@ class FakeWorkbench:
 
     @property
     def description(self) -> str:
-        return "fake engine (TCG)"
+        return " · ".join(p for p in ("fake engine", self.backend_label) if p)
+
+    async def backend(self) -> str | None:
+        await self._enter("backend")
+        return self.backend_label
 
     def tick(self) -> None:
         """Advance the running sandboxes' metrics one step (deterministically)."""
@@ -132,7 +140,8 @@ class FakeWorkbench:
 
     async def start(self, name: str) -> None:
         await self._enter("start", name)
-        self._row(name).status, self._row(name).accel, self._row(name).uptime_s = "running", "tcg", 0.0
+        row = self._row(name)
+        row.status, row.backend, row.accel, row.uptime_s = "running", "qemu", "tcg", 0.0
         self._row(name).cpu_percent, self._row(name).memory_mib, self._row(name).message = 0.0, 64.0, None
 
     async def stop(self, name: str) -> None:

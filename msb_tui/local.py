@@ -21,7 +21,7 @@ from engine.project.control import ControlError, RemoteProcess, StreamingProcess
 from engine.project.runtime import Project, SandboxDir
 from engine.project.sandboxfile import Sandboxfile
 from engine.repl.models import ReplResult
-from msb_tui.workbench import ImageRow, LayerProgress, ProgressCallback, SandboxRow
+from msb_tui.workbench import ImageRow, LayerProgress, ProgressCallback, SandboxRow, backend_summary
 
 STATUS_TIMEOUT_S = 5.0
 LOG_POLL_S = 0.25
@@ -50,12 +50,20 @@ class _LayerProgress(Progress):
 class LocalWorkbench:
     """See the module docstring."""
 
-    def __init__(self, sandboxfile: Path, store: ImageStore | None = None) -> None:
+    def __init__(self, sandboxfile: Path, store: ImageStore | None = None, *, backend: str | None = None) -> None:
+        """Args:
+        backend: ``auto`` or a backend name for the sandboxes started here, over their
+            ``backend:`` (default: theirs, else ``MSB_BACKEND``, else auto).
+        """
         self._path = sandboxfile
         self._store = store
+        self._backend = backend
+        self._choice: str | None = None
+        """The label of the engine's choice for new sandboxes, once :meth:`backend` found it."""
+        self._rows: list[SandboxRow] = []
 
     @classmethod
-    def open(cls, file: Path | None) -> LocalWorkbench:
+    def open(cls, file: Path | None, *, backend: str | None = None) -> LocalWorkbench:
         """The workbench for ``file`` or the nearest Sandboxfile from the current directory.
 
         Raises:
@@ -64,7 +72,7 @@ class LocalWorkbench:
         path = file if file is not None else Sandboxfile.find(Path.cwd())
         if path.is_dir():
             path = path / "Sandboxfile"
-        return cls(path.resolve())
+        return cls(path.resolve(), backend=backend)
 
     @property
     def store(self) -> ImageStore:
@@ -82,7 +90,20 @@ class LocalWorkbench:
 
     @property
     def description(self) -> str:
-        return f"embedded engine · {self._path}"
+        backend = backend_summary(self._choice, self._rows)
+        return " · ".join(p for p in ("embedded engine", backend, str(self._path)) if p)
+
+    async def backend(self) -> str | None:
+        """The engine's choice for new sandboxes (``--backend``, else ``MSB_BACKEND``, else
+        auto; the probes are cached per host); a running sandbox's own backend is in its row."""
+        if self._choice is None:
+            from engine.sandbox.engine import Engine
+            from engine.vm.select import backend_label
+
+            engine = Engine(backend=self._backend)  # prepared as a start would: QEMU's KVM-or-TCG is known
+            assets = await engine.prepare()
+            self._choice = backend_label(engine.backend.name, assets.accel.accel)
+        return self._choice
 
     # ------------------------------------------------------------------ sandboxes
 
@@ -101,14 +122,16 @@ class LocalWorkbench:
             sdir = project.sandbox_dir(name)
             if sdir.alive():
                 rows.append(await self._row(sdir, None, False))
+        self._rows = rows
         return rows
 
     async def _row(self, sdir: SandboxDir, image: str | None, defined: bool) -> SandboxRow:
         st = sdir.state()
-        row = SandboxRow(name=sdir.name, image=image, status=st.status, accel=st.accel if st.status == "running"
-                         else None, command=st.command if st.status == "running" else None,
-                         message=st.message if st.status != "running" else None, defined=defined)  # fmt: skip
-        if st.status == "running" and st.socket:
+        running = st.status == "running"
+        row = SandboxRow(name=sdir.name, image=image, status=st.status, backend=st.backend if running else None,
+                         accel=st.accel if running else None, command=st.command if running else None,
+                         message=st.message if not running else None, defined=defined)  # fmt: skip
+        if running and st.socket:
             with contextlib.suppress(ControlError):
                 live = await request(Path(st.socket), {"op": "status"}, timeout=STATUS_TIMEOUT_S)
                 row.uptime_s, row.cpu_percent = live.get("uptime_s"), live.get("cpu_percent")
@@ -118,7 +141,7 @@ class LocalWorkbench:
     async def start(self, name: str) -> None:
         from engine.project.up import start_in_background
 
-        await start_in_background(await asyncio.to_thread(self.project), name, keep_alive=True)
+        await start_in_background(await asyncio.to_thread(self.project), name, keep_alive=True, backend=self._backend)
 
     async def stop(self, name: str) -> None:
         from engine.project.runtime import stop

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from msb_tui.workbench import Workbench
 
+BACKENDS = ("auto", "qemu", "gvisor", "krun")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msb-tui", description="msb terminal workbench")
@@ -21,18 +23,26 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--dev", action="store_true", default=None, help="server without authentication")
     parser.add_argument("--key", default=None, help="server secret (env MSB_SERVER_KEY)")
+    parser.add_argument("--backend", choices=BACKENDS, type=str.lower, default=None,
+                        help="what isolates the sandboxes started here (--headless: the server's one backend); "
+                        "default: the Sandboxfile's backend:, then MSB_BACKEND, else auto (`msb doctor`)")  # fmt: skip
     return parser
 
 
 def make_workbench(args: argparse.Namespace) -> Workbench:
     """The workbench the flags ask for (raises MsbError with a hint if it cannot be made)."""
+    from engine.errors import ConfigError
+
     if args.server:
         from msb_tui.remote import RemoteWorkbench
 
+        if args.backend:
+            raise ConfigError("--backend does not apply to --server: a server runs all its sandboxes on one backend",
+                              hint="choose it where the server starts: `msb server start --backend NAME`")  # fmt: skip
         return RemoteWorkbench(args.server, api_key=args.api_key)
     from msb_tui.local import LocalWorkbench
 
-    return LocalWorkbench.open(args.file)
+    return LocalWorkbench.open(args.file, backend=args.backend)
 
 
 def main() -> None:
@@ -45,9 +55,11 @@ def main() -> None:
         from engine.server.settings import ServerSettings
 
         try:
-            serve(ServerSettings.from_env(host=args.host, port=args.port, dev=args.dev, key=args.key))
+            serve(ServerSettings.from_env(host=args.host, port=args.port, dev=args.dev, key=args.key,
+                                          backend=args.backend))  # fmt: skip
         except MsbError as exc:
-            raise SystemExit(f"msb-tui: error: {exc}") from None
+            hint = f"\nmsb-tui: hint: {exc.hint}" if exc.hint else ""
+            raise SystemExit(f"msb-tui: error: {exc.message}{hint}") from None
         return
     try:
         workbench = make_workbench(args)

@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.client.errors import SandboxError
 from engine.client.rpc import RpcClient, resolve_api_key, resolve_server_url
 from engine.errors import MsbError
 from engine.project.control import StreamingProcess
 from engine.repl.models import ReplResult
-from msb_tui.workbench import ImageRow, ProgressCallback, SandboxRow
+from msb_tui.workbench import ImageRow, ProgressCallback, SandboxRow, backend_summary
 
+METHOD_NOT_FOUND = -32601
 CALL_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 300.0
 REPL_TIMEOUT_S = 3600.0
@@ -35,6 +37,9 @@ class RemoteWorkbench:
         self.url = resolve_server_url(server_url)
         self.namespace = namespace
         self.rpc = client or RpcClient(self.url, resolve_api_key(api_key))
+        self._choice: str | None = None
+        """The server's backend (``server.info``), once :meth:`backend` asked."""
+        self._rows: list[SandboxRow] = []
 
     @property
     def sandboxfile(self) -> Path | None:
@@ -42,7 +47,21 @@ class RemoteWorkbench:
 
     @property
     def description(self) -> str:
-        return f"server {self.url} · namespace {self.namespace}"
+        backend = backend_summary(self._choice, self._rows)
+        return " · ".join(p for p in (f"server {self.url}", backend, f"namespace {self.namespace}") if p)
+
+    async def backend(self) -> str | None:
+        """The server's one backend (``server.info``); ``None`` from a server without that
+        method (an older msb, or microsandbox), where the rows still say what runs where."""
+        if self._choice is None:
+            try:
+                info = await self._call("server.info", {})
+            except SandboxError as exc:
+                if exc.code == METHOD_NOT_FOUND:
+                    return None
+                raise
+            self._choice = str(info.get("label")) if isinstance(info, dict) and info.get("label") else None
+        return self._choice
 
     def _unsupported(self, what: str) -> UnsupportedRemotely:
         return UnsupportedRemotely(f"{what} is not part of the server's API",
@@ -58,10 +77,12 @@ class RemoteWorkbench:
             running = bool(item.get("running"))
             rows.append(SandboxRow(
                 name=str(item.get("name")), status="running" if running else "stopped",
+                backend=item.get("backend") if running else None, accel=item.get("accel") if running else None,
                 cpu_percent=item.get("cpu_usage") if running else None,
                 memory_mib=item.get("memory_usage") if running else None,
                 disk_bytes=item.get("disk_usage"),
             ))  # fmt: skip
+        self._rows = rows
         return rows
 
     async def start(self, name: str) -> None:

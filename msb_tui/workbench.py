@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from engine.project.control import StreamingProcess
 from engine.repl.models import ReplResult
+from engine.vm.select import backend_label
 
 SandboxStatus = Literal["running", "starting", "stopping", "stopped", "crashed"]
 
@@ -32,8 +33,17 @@ class SandboxRow(BaseModel):
     name: str
     image: str | None = None
     status: SandboxStatus = "stopped"
+    backend: str | None = None
+    """What isolates it while running: ``"qemu"``, ``"gvisor"``, ``"krun"``."""
     accel: str | None = None
-    """``"kvm"`` or ``"tcg"`` while running."""
+    """``"kvm"``, ``"tcg"`` or ``"none"`` (gVisor) while running."""
+
+    @property
+    def backend_label(self) -> str | None:
+        """``gVisor``, ``QEMU/TCG``, ``QEMU/KVM``, ``libkrun/KVM`` while running (else None)."""
+        if self.status != "running" or not (self.backend or self.accel):
+            return None
+        return backend_label(self.backend or "qemu", self.accel)  # an older supervisor: QEMU was all there was
     uptime_s: float | None = None
     cpu_percent: float | None = Field(default=None, ge=0)
     """CPU use over the last interval, % of one CPU."""
@@ -46,6 +56,17 @@ class SandboxRow(BaseModel):
     """Why it stopped or crashed."""
     defined: bool = True
     """Defined in the Sandboxfile (``False``: running but no longer in the file)."""
+
+
+def backend_summary(choice: str | None, rows: list[SandboxRow]) -> str | None:
+    """The header's words for the backend in force: the choice for new sandboxes (``gVisor``),
+    and what running sandboxes use when that differs (``gVisor · also QEMU/TCG``); None if
+    neither is known."""
+    running = sorted({label for r in rows if (label := r.backend_label)})
+    if choice is None:
+        return f"running on {' + '.join(running)}" if running else None
+    others = [label for label in running if label != choice]
+    return choice + (f" · also {' + '.join(others)}" if others else "")
 
 
 class ImageRow(BaseModel):
@@ -83,7 +104,18 @@ class Workbench(Protocol):
 
     @property
     def description(self) -> str:
-        """One line for the header: ``"embedded engine (TCG) · ./Sandboxfile"`` and the like."""
+        """One line for the header: ``"embedded engine · gVisor · ./Sandboxfile"`` and the like,
+        with the backend in force once :meth:`backend` or :meth:`sandboxes` has found it."""
+        ...
+
+    async def backend(self) -> str | None:
+        """The backend in force, as a label (``gVisor``, ``QEMU/TCG``), or ``None`` if unknown.
+
+        May probe the host (seconds, the first time on a host); the app calls it in a worker.
+
+        Raises:
+            MsbError: the backend asked for does not work here (the probe's reason).
+        """
         ...
 
     async def sandboxes(self) -> list[SandboxRow]:

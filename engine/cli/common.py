@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
+from typing import TypeVar
 
 import click
 
 from engine.errors import ConfigError, ExecError, MsbError
+
+F = TypeVar("F", bound=Callable[..., object])
+BACKEND_CHOICES = ("auto", "qemu", "gvisor", "krun")
+"""``auto`` and ``engine.vm.select.BACKEND_NAMES`` (spelled out: the CLI starts without importing it)."""
 
 EXIT_NOT_THERE = 1
 EXIT_USAGE = 2
@@ -61,3 +67,30 @@ def cancel_on_hangup() -> None:
         return
     for signo in (signal.SIGHUP, signal.SIGTERM):
         loop.add_signal_handler(signo, task.cancel)
+
+
+def backend_option(*, sandboxfile: bool = False) -> Callable[[F], F]:
+    """``--backend auto|qemu|gvisor|krun`` (default: ``MSB_BACKEND``, else ``auto``).
+
+    Args:
+        sandboxfile: the verb starts Sandboxfile sandboxes, whose ``backend:`` the flag overrides.
+    """
+    default = "the Sandboxfile's backend:, then MSB_BACKEND, else auto" if sandboxfile else "MSB_BACKEND, else auto"
+    return click.option(
+        "--backend", type=click.Choice(BACKEND_CHOICES, case_sensitive=False), default=None,
+        help="What isolates the sandboxes this starts: auto (the strongest that works here), qemu, gvisor "
+        f"or krun (default: {default}; `msb doctor` shows which work on this host).",
+    )  # fmt: skip
+
+
+def check_backend(forced: str | None) -> None:
+    """Refuse an unknown backend name, from ``--backend`` or ``MSB_BACKEND``, before anything starts.
+
+    Raises:
+        ConfigError: not one of auto, qemu, gvisor, krun (the message says where it came from).
+    """
+    from engine.vm.select import requested_backend
+
+    name, source = requested_backend(forced)
+    if name not in BACKEND_CHOICES:
+        raise ConfigError(f"unknown backend {name!r} (from {source})", hint=f"use one of: {', '.join(BACKEND_CHOICES)}")

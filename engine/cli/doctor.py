@@ -1,122 +1,73 @@
 """``msb doctor``: what this host can run and what isolates the code.
 
-Each check is a real probe (the accelerator verdict comes from a probe boot, cached per
-host/QEMU/kernel), reported as ok / warn / fail with what to do. This first version covers
-the QEMU backend; gVisor and libkrun verdicts join it with issue 7's backends.
+Every backend is probed for real (gVisor afresh; QEMU's KVM-or-TCG verdict comes from a probe
+boot cached per host, QEMU and kernel), then the host tools, the guest kernel and agent, the
+default choice and its isolation in plain words. The findings are gathered by
+:mod:`engine.cli.doctor_report`; ``--json`` prints that report as it is. Exit code 1 only
+when no backend works here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import sys
-from typing import Literal
+import textwrap
 
 import click
-from pydantic import BaseModel
 
-from engine.errors import MsbError
+from engine.cli.doctor_report import Report, gather
 
-Level = Literal["ok", "warn", "fail"]
-
-
-class Check(BaseModel):
-    name: str
-    level: Level
-    detail: str
-    hint: str | None = None
+MARKS = {"ok": "✓", "warn": "!", "fail": "✗"}
+WIDTH = 100
 
 
-class Report(BaseModel):
-    checks: list[Check]
-    backend: str
-    accelerator: str | None
-    isolation: str
-    """The isolation in force, in plain words."""
+def _wrapped(label: str, text: str, indent: int = 14) -> str:
+    """``label`` then ``text`` wrapped under itself."""
+    pad = " " * indent
+    lines = textwrap.wrap(text, WIDTH - indent) or [""]
+    return f"{label:<{indent}}{lines[0]}" + "".join(f"\n{pad}{line}" for line in lines[1:])
 
 
-def _version(argv: list[str]) -> str | None:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    text = (out.stdout or out.stderr).strip().splitlines()
-    return text[0] if text else None
-
-
-def _tools() -> list[Check]:
-    checks = []
-    qemu = shutil.which("qemu-system-x86_64")
-    checks.append(Check(name="qemu", level="ok" if qemu else "fail",
-                        detail=_version([qemu, "--version"]) or "" if qemu else "qemu-system-x86_64 not found",
-                        hint=None if qemu else "apt-get install qemu-system-x86 (or make setup)"))  # fmt: skip
-    for tool, what, pkg in (("mmdebstrap", "builds the offline base images", "mmdebstrap"),
-                            ("mkfs.ext4", "makes root and writable-layer images", "e2fsprogs")):  # fmt: skip
-        found = shutil.which(tool)
-        checks.append(Check(name=tool, level="ok" if found else "warn",
-                            detail=f"{found} ({what})" if found else f"missing: {what}",
-                            hint=None if found else f"apt-get install {pkg}"))  # fmt: skip
-    return checks
-
-
-def _netfilter() -> Check:
-    from engine import paths
-
-    shim = paths.netfilter_path()
-    if shim.is_file():
-        return Check(name="network filter", level="ok",
-                     detail=f"{shim} (enforces the 'public' scope: no host loopback/private ranges)")  # fmt: skip
-    return Check(name="network filter", level="fail", detail=f"missing: {shim}",
-                 hint="make netfilter (or make setup); without it 'public' sandboxes refuse to start")  # fmt: skip
-
-
-async def _engine() -> tuple[list[Check], str | None, str]:
-    from engine.sandbox.engine import Engine
-
-    try:
-        assets = await Engine().prepare()
-    except MsbError as exc:
-        return [Check(name="engine", level="fail", detail=exc.message, hint=exc.hint)], None, "none (cannot boot)"
-    k, a = assets.kernel, assets.accel
-    probe = f", probe boot {a.probe_ms:.0f} ms" if a.probe_ms else ""
-    checks = [
-        Check(name="kernel", level="ok", detail=f"{k.kind} {k.version} ({k.source or k.path})"),
-        Check(name="volumes (9p)", level="ok" if k.supports_9p else "warn",
-              detail="supported by the kernel" if k.supports_9p else "this kernel has no 9p: volumes are refused",
-              hint=None if k.supports_9p else "make kernel (the minimal kernel has 9p built in)"),
-        Check(name="accelerator", level="ok" if a.accel == "kvm" else "warn",
-              detail=f"{a.accel.upper()} ({a.reason}; {a.source}{probe})",
-              hint=None if a.accel == "kvm" else a.warning),
-    ]  # fmt: skip
-    if a.accel == "kvm":
-        isolation = ("hardware virtualisation (KVM): the guest runs its own kernel in a VM; the host is "
-                     "protected by KVM and QEMU (seccomp-confined)")  # fmt: skip
-    else:
-        isolation = ("software emulation (QEMU TCG): the guest runs its own kernel, but QEMU does not treat "
-                     "TCG as a security boundary — a compatibility mode, not containment for hostile code")  # fmt: skip
-    return checks, a.accel, isolation
+def render(report: Report) -> str:
+    """The report as people read it."""
+    out = ["backends (strongest first; auto takes the first that works, QEMU/TCG last):"]
+    for b in report.backends:
+        facts = [f for f in (b.version and f"version {b.version}", b.probe_ms and f"probe {b.probe_ms:.0f} ms") if f]
+        state = "usable" if b.usable else "NOT usable"
+        level = "fail" if not b.usable else "warn" if b.accel == "tcg" else "ok"  # TCG works, but is no boundary
+        out.append(_wrapped(f"{MARKS[level]} {b.label}",
+                            f"{state}: {b.reason}" + (f" [{', '.join(facts)}]" if facts else "")))  # fmt: skip
+        if b.hint:
+            out.append(_wrapped("", f"→ {b.hint}"))
+    out.append("\nhost:")
+    for c in report.checks:
+        out.append(_wrapped(f"{MARKS[c.level]} {c.name}", c.detail, indent=18))
+        if c.hint:
+            out.append(_wrapped("", f"→ {c.hint}", indent=18))
+    d = report.default
+    chosen = f"{d.label} ({d.name})" if d.name else "none"
+    out += [
+        "",
+        _wrapped("default:", f"{chosen} — {d.why}"),
+        _wrapped("kernel:", report.kernel_in_use),
+        _wrapped("agent:", report.agent or "missing"),
+        _wrapped("isolation:", report.isolation),
+        _wrapped("TCG:", report.tcg),
+    ]
+    if report.recommendation:
+        out.append(_wrapped("recommend:", report.recommendation))
+    return "\n".join(out)
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="The same report, machine-readable.")
 def doctor(as_json: bool) -> None:
-    """Check this host: QEMU, kernel, accelerator (by a real probe boot), volumes, network
-    filter and tools, and say what isolates sandboxed code here. Exit code 1 if a check
-    failed."""
-    engine_checks, accel, isolation = asyncio.run(_engine())
-    report = Report(checks=[*_tools(), *engine_checks, _netfilter()], backend="qemu", accelerator=accel,
-                    isolation=isolation)  # fmt: skip
-    if as_json:
-        click.echo(report.model_dump_json(indent=2))
-    else:
-        marks = {"ok": "✓", "warn": "!", "fail": "✗"}
-        for c in report.checks:
-            click.echo(f"{marks[c.level]} {c.name:<16} {c.detail}")
-            if c.hint:
-                click.echo(f"  {'':<16} → {c.hint}")
-        click.echo(f"\nbackend: {report.backend}\nisolation: {report.isolation}")
-    sys.exit(1 if any(c.level == "fail" for c in report.checks) else 0)
+    """Check this host: probe every backend (libkrun, QEMU with KVM or TCG, gVisor) and say
+    why each works or not; the tools, guest kernel and agent; the default backend and what
+    isolates sandboxed code with it. Exit code 1 only if no backend works."""
+    report = asyncio.run(gather())
+    click.echo(report.model_dump_json(indent=2) if as_json else render(report))
+    sys.exit(0 if report.usable else 1)
 
 
-__all__ = ["doctor"]
+__all__ = ["doctor", "render"]

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import click
 
-from engine.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, cancel_on_hangup, fail, parse_env_options
+from engine.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    backend_option,
+    cancel_on_hangup,
+    check_backend,
+    fail,
+    parse_env_options,
+)
 from engine.errors import MsbError
 from engine.vm.accel import TCG_WARNING
 
@@ -33,9 +41,10 @@ from engine.vm.accel import TCG_WARNING
 @click.option("--with-entrypoint", is_flag=True,
               help="COMMAND is arguments to the image's Entrypoint (as `docker run` does); used by `msb install`.")
 @click.option("-q", "--quiet", is_flag=True, envvar="MSB_QUIET", help="No notes on stderr (e.g. the TCG note).")
+@backend_option()
 def exe(image: str, command: tuple[str, ...], cpus: int, memory: int, envs: tuple[str, ...], volumes: tuple[str, ...],
         ports: tuple[str, ...], scope: str, workdir: str | None, timeout: float | None, tty: bool | None,
-        with_entrypoint: bool, quiet: bool) -> None:  # fmt: skip
+        with_entrypoint: bool, quiet: bool, backend: str | None) -> None:  # fmt: skip
     """Run COMMAND in a throwaway sandbox booted from IMAGE.
 
     IMAGE is an image reference (pulled if not in the store; its Env, WorkingDir, User
@@ -50,6 +59,7 @@ def exe(image: str, command: tuple[str, ...], cpus: int, memory: int, envs: tupl
       msb exe -v ./data:/data:ro microsandbox/python -- python3 /data/script.py
       msb exe -p 8000:8000 microsandbox/python -- python3 -m http.server 8000
       msb exe ./rootfs -- ls /
+      msb exe --backend qemu busybox -- uname -r
     """
     from engine.project.specs import parse_port, parse_volume
 
@@ -60,20 +70,21 @@ def exe(image: str, command: tuple[str, ...], cpus: int, memory: int, envs: tupl
     try:
         mounts = tuple(parse_volume(v, Path.cwd()) for v in volumes)
         published = tuple(parse_port(p) for p in ports)
+        check_backend(backend)
     except MsbError as exc:
         fail(exc)
         sys.exit(EXIT_USAGE)
     options = {"cpus": cpus, "memory_mib": memory, "env": env, "workdir": workdir, "volumes": mounts,
                "ports": published, "network": scope}  # fmt: skip
     try:
-        code = asyncio.run(_exe(image, argv, options, timeout, tty, quiet, with_entrypoint))
+        code = asyncio.run(_exe(image, argv, options, timeout, tty, quiet, with_entrypoint, backend))
     except KeyboardInterrupt:  # the sandbox was killed and cleaned up on the way out
         code = EXIT_INTERRUPTED
     sys.exit(code)
 
 
 async def _exe(image: str, argv: list[str], options: dict[str, object], timeout: float | None, tty: bool | None,
-               quiet: bool, with_entrypoint: bool) -> int:  # fmt: skip
+               quiet: bool, with_entrypoint: bool, backend: str | None = None) -> int:  # fmt: skip
     from engine.cli.progress import BarProgress
     from engine.cli.terminal import attach, raw_terminal, terminal_size
     from engine.images.resolve import resolve_root
@@ -81,7 +92,9 @@ async def _exe(image: str, argv: list[str], options: dict[str, object], timeout:
 
     interactive = sys.stdin.isatty() and sys.stdout.isatty() if tty is None else tty
     cancel_on_hangup()
+    engine = Engine(backend=backend)
     try:
+        await engine.prepare()  # a forced backend that does not work fails before any pull
         root = await resolve_root(image, progress=BarProgress(quiet=quiet))
     except MsbError as exc:
         return fail(exc)
@@ -94,7 +107,6 @@ async def _exe(image: str, argv: list[str], options: dict[str, object], timeout:
     except ValueError as exc:
         click.echo(f"msb: error: {exc}", err=True)
         return 2
-    engine = Engine()
     try:
         sandbox = await engine.start(spec)
     except MsbError as exc:

@@ -22,7 +22,7 @@ import click
 from engine.cli.common import EXIT_NOT_THERE, EXIT_USAGE, echo_error
 from engine.errors import ConfigError, MsbError
 from engine.project.sandboxfile import FILENAME, STATE_DIR, Sandboxfile, display_path, entry_from_dict
-from engine.project.schema import SCOPES, SandboxEntry
+from engine.project.schema import BACKENDS, SCOPES, SandboxEntry
 
 EXIT_REFUSED = EXIT_NOT_THERE
 """1: the file already exists, other sandboxes depend on it, …"""
@@ -48,6 +48,7 @@ STARTER = """\
 #     scripts:
 #       start: python3 -m http.server 8000
 #     scope: public                  # network: none | group | public | any
+#     backend: gvisor                # isolation: auto | qemu | gvisor | krun (`msb doctor`)
 sandboxes:
 """
 
@@ -131,13 +132,15 @@ def init(directory: Path | None, file: Path | None) -> None:
               help="Add or change a script (NAME= with nothing after it deletes one); repeatable.")
 @click.option("--start", default=None, metavar="COMMAND", help="The start script (the default command of msb run).")
 @click.option("--scope", type=click.Choice(SCOPES), default=None, help="Network reach (default public).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="What isolates it (default: MSB_BACKEND, else auto; `msb doctor` shows which work).")
 @click.option("--depends-on", "depends_on", multiple=True, metavar="NAME",
               help="Start NAME first; repeatable, replaces the list.")
 @file_option
 def add(name: str, image: str | None, memory: int | None, cpus: int | None, volumes: tuple[str, ...],
         ports: tuple[str, ...], envs: tuple[str, ...], workdir: str | None, shell: str | None,
-        scripts: tuple[str, ...], start: str | None, scope: str | None, depends_on: tuple[str, ...],
-        file: Path | None) -> None:  # fmt: skip
+        scripts: tuple[str, ...], start: str | None, scope: str | None, backend: str | None,
+        depends_on: tuple[str, ...], file: Path | None) -> None:  # fmt: skip
     """Add sandbox NAME to the Sandboxfile, or update it if it exists (options not given keep
     their values; the entry keeps its comments).
 
@@ -153,7 +156,8 @@ def add(name: str, image: str | None, memory: int | None, cpus: int | None, volu
             raise ConfigError(f"sandbox {name!r} is new, so it needs an image",
                               hint=f"msb add {name} --image IMAGE (e.g. microsandbox/python)")  # fmt: skip
         data: dict[str, Any] = old.model_dump(exclude_none=True, exclude_defaults=True) if old else {}
-        given = {"image": image, "memory": memory, "cpus": cpus, "workdir": workdir, "shell": shell, "scope": scope}
+        given = {"image": image, "memory": memory, "cpus": cpus, "workdir": workdir, "shell": shell, "scope": scope,
+                 "backend": backend}  # fmt: skip
         data.update({k: v for k, v in given.items() if v is not None})
         lists = {"volumes": volumes, "ports": ports, "envs": envs, "depends_on": depends_on}
         data.update({k: list(v) for k, v in lists.items() if v})

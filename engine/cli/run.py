@@ -13,7 +13,15 @@ from typing import Any
 
 import click
 
-from engine.cli.common import EXIT_INTERRUPTED, EXIT_NOT_THERE, EXIT_USAGE, cancel_on_hangup, fail
+from engine.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_NOT_THERE,
+    EXIT_USAGE,
+    backend_option,
+    cancel_on_hangup,
+    check_backend,
+    fail,
+)
 from engine.errors import ConfigError, MsbError
 from engine.vm.accel import TCG_WARNING
 
@@ -69,6 +77,16 @@ def _note_tcg(state: Any, quiet: bool) -> None:
         click.echo(f"msb: note: {TCG_WARNING}", err=True)
 
 
+def _note_running_elsewhere(sdir: Any, forced: str | None, quiet: bool) -> None:
+    """``--backend`` applies when a sandbox starts; say so when it already runs on another."""
+    from engine.vm.select import backend_label
+
+    st = sdir.state()
+    if forced and forced != "auto" and st.backend and st.backend != forced and not quiet:
+        click.echo(f"msb: note: sandbox {sdir.name!r} already runs on {backend_label(st.backend, st.accel)}; "
+                   f"--backend {forced} applies when it starts", err=True)  # fmt: skip
+
+
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("target", metavar="NAME[~SCRIPT]")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -78,8 +96,9 @@ def _note_tcg(state: Any, quiet: bool) -> None:
 @click.option("-t/-T", "--tty/--no-tty", default=None, help="Allocate a terminal (default: when stdin is one).")
 @click.option("-q", "--quiet", is_flag=True, envvar="MSB_QUIET", help="No notes on stderr.")
 @FILE_OPTION
+@backend_option(sandboxfile=True)
 def run(target: str, args: tuple[str, ...], sandbox_flag: bool, detach: bool, tty: bool | None, quiet: bool,
-        file: Path | None) -> None:  # fmt: skip
+        file: Path | None, backend: str | None) -> None:  # fmt: skip
     """Start sandbox NAME from the Sandboxfile and run its start script.
 
     \b
@@ -95,24 +114,27 @@ def run(target: str, args: tuple[str, ...], sandbox_flag: bool, detach: bool, tt
       msb run py~repl          # scripts.repl of `py`
       msb run -d web           # in the background
       msb run py -- python3 -c 'print(1 + 1)'
+      msb run --backend gvisor web
     """
     argv = list(args)
     if argv and argv[0] == "--":
         argv = argv[1:]
     try:
-        code = asyncio.run(_run(target, argv, detach, _interactive(tty), quiet, file))
+        code = asyncio.run(_run(target, argv, detach, _interactive(tty), quiet, file, backend))
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     sys.exit(code)
 
 
-async def _run(target: str, argv: list[str], detach: bool, interactive: bool, quiet: bool, file: Path | None) -> int:
+async def _run(target: str, argv: list[str], detach: bool, interactive: bool, quiet: bool, file: Path | None,
+               backend: str | None = None) -> int:  # fmt: skip
     from engine.cli.progress import BarProgress
     from engine.project import runtime, up
     from engine.project.specs import command_for
 
     name, _, script = target.partition("~")
     try:
+        check_backend(backend)
         project = _project(file)
         order, entries = up.check(project, name)  # every problem before anything starts
         sdir = project.sandbox_dir(name)
@@ -126,16 +148,16 @@ async def _run(target: str, argv: list[str], detach: bool, interactive: bool, qu
         def started(dep: str) -> None:
             click.echo(f"msb: started dependency {dep!r} (stop it with `msb stop {dep}`)", err=True)
 
-        await up.start_dependencies(project, order, entries, roots, started)
+        await up.start_dependencies(project, order, entries, roots, started, backend=backend)
         if detach:
-            state = await runtime.launch(project, name, command)
+            state = await runtime.launch(project, name, command, backend=backend)
             _note_tcg(state, quiet)
             what = " ".join(command) if command else "idle (no command)"
             click.echo(f"msb: sandbox {name!r} running in the background: {what}", err=True)
             click.echo(f"msb: follow it with `msb log {name} -f`; stop it with `msb stop {name}`", err=True)
             return 0
         command = command or [entries[name].shell or "/bin/sh"]
-        state = await runtime.launch(project, name, command, wait_attach=True)
+        state = await runtime.launch(project, name, command, wait_attach=True, backend=backend)
     except MsbError as exc:
         return fail(exc)
     _note_tcg(state, quiet)
@@ -155,7 +177,8 @@ async def _run(target: str, argv: list[str], detach: bool, interactive: bool, qu
 @click.option("-t/-T", "--tty/--no-tty", default=None, help="Allocate a terminal (default: when stdin is one).")
 @click.option("-q", "--quiet", is_flag=True, envvar="MSB_QUIET", help="No notes on stderr.")
 @FILE_OPTION
-def shell(name: str, tty: bool | None, quiet: bool, file: Path | None) -> None:
+@backend_option(sandboxfile=True)
+def shell(name: str, tty: bool | None, quiet: bool, file: Path | None, backend: str | None) -> None:
     """Open an interactive shell in sandbox NAME.
 
     A running sandbox gets a second session; a stopped one is started for the shell (with
@@ -163,13 +186,13 @@ def shell(name: str, tty: bool | None, quiet: bool, file: Path | None) -> None:
     `shell` (default /bin/sh). Exit code: the shell's.
     """
     try:
-        code = asyncio.run(_shell(name, _interactive(tty), quiet, file))
+        code = asyncio.run(_shell(name, _interactive(tty), quiet, file, backend))
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     sys.exit(code)
 
 
-async def _shell(name: str, interactive: bool, quiet: bool, file: Path | None) -> int:
+async def _shell(name: str, interactive: bool, quiet: bool, file: Path | None, backend: str | None = None) -> int:
     from engine.cli.progress import BarProgress
     from engine.images.resolve import resolve_root
     from engine.project import runtime
@@ -178,15 +201,18 @@ async def _shell(name: str, interactive: bool, quiet: bool, file: Path | None) -
     started = False
     cancel_on_hangup()
     try:
+        check_backend(backend)
         project = _project(file)
         entry = _entry(project, name)
         sdir = project.sandbox_dir(name)
-        if not sdir.alive():
+        if sdir.alive():
+            _note_running_elsewhere(sdir, backend, quiet)
+        else:
             spec_overrides(entry, project.dir)
             if not entry.image:
                 raise ConfigError(f"{project.path}: sandbox {name!r} has no image", hint=f"set sandboxes.{name}.image")
             await resolve_root(entry.image, base_dir=project.dir, progress=BarProgress(quiet=quiet))
-            _note_tcg(await runtime.launch(project, name, None), quiet)
+            _note_tcg(await runtime.launch(project, name, None, backend=backend), quiet)
             started = True
         return await _attach_remote(sdir.socket(), {"op": "spawn", "argv": [entry.shell or "/bin/sh"]}, interactive)
     except MsbError as exc:

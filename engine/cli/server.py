@@ -9,6 +9,7 @@ import time
 import click
 import httpx
 
+from engine.cli.common import backend_option, check_backend, echo_error, fail
 from engine.errors import MsbError
 from engine.server.settings import ServerSettings
 
@@ -24,30 +25,48 @@ def server() -> None:
 @click.option("--dev", is_flag=True, default=None, help="No authentication (loud warning; local development only).")
 @click.option("--key", default=None, envvar="MSB_SERVER_KEY", help="Server secret used to sign API keys.")
 @click.option("--detach", is_flag=True, help="Run in the background; logs go to <state>/server.log.")
-def start(host: str | None, port: int | None, dev: bool | None, key: str | None, detach: bool) -> None:
-    """Start the server (foreground unless --detach)."""
+@backend_option()
+def start(host: str | None, port: int | None, dev: bool | None, key: str | None, detach: bool,
+          backend: str | None) -> None:  # fmt: skip
+    """Start the server (foreground unless --detach). It runs all its sandboxes on one
+    backend, chosen here and logged with what isolates them."""
     from engine.server.main import read_pid, serve
 
-    settings = ServerSettings.from_env(host=host, port=port, dev=dev or None, key=key)
+    settings = ServerSettings.from_env(host=host, port=port, dev=dev or None, key=key, backend=backend)
     running = read_pid(settings)
     if running is not None:
-        click.echo(f"msb: error: a server already runs (pid {running[0]}, port {running[2]})\n"
-                   "  hint: `msb server stop` first", err=True)  # fmt: skip
+        echo_error(MsbError(f"a server already runs (pid {running[0]}, port {running[2]})",
+                            hint="`msb server stop` first"))  # fmt: skip
         sys.exit(1)
-    if not detach:
-        try:
+    try:
+        check_backend(backend)
+        if not detach:
             serve(settings)
-        except MsbError as exc:
-            click.echo(f"msb: error: {exc}", err=True)
-            sys.exit(1)
-        return
+            return
+        _check_backend_works(backend)  # the child's log is not where people look
+    except MsbError as exc:
+        sys.exit(fail(exc))
+    _start_detached(settings)
+
+
+def _check_backend_works(backend: str | None) -> None:
+    """Prepare the backend as the server will (raises its error: the probe's reason, a missing
+    kernel or runsc …), so that a detached start fails here and not only in its log."""
+    import asyncio
+
+    from engine.sandbox.engine import Engine
+
+    asyncio.run(Engine(backend=backend).prepare())
+
+
+def _start_detached(settings: ServerSettings) -> None:
     log_path = settings.storage / "server.log"
     settings.storage.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(log_path, "ab") as log:
-        subprocess.Popen([sys.executable, "-m", "engine.server.main", settings.model_dump_json()], stdout=log,
-                         stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "engine.server.main", settings.model_dump_json()], stdout=log,
+                                stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"{settings.url}/api/v1/health", timeout=1).status_code == 200:
                 click.echo(f"msb server running at {settings.url} (logs: {log_path})")
@@ -55,7 +74,8 @@ def start(host: str | None, port: int | None, dev: bool | None, key: str | None,
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    click.echo(f"msb: error: the server did not come up in 30 s; see {log_path}", err=True)
+    what = "did not come up in 30 s" if proc.poll() is None else f"exited at start (status {proc.returncode})"
+    click.echo(f"msb: error: the server {what}; see {log_path}", err=True)
     sys.exit(1)
 
 

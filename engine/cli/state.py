@@ -82,17 +82,21 @@ def _fmt_uptime(seconds: float | None) -> str:
 
 async def _rows(project: Any, names: list[str]) -> list[dict[str, Any]]:
     from engine.project.control import ControlError, request
+    from engine.vm.select import backend_label
 
     rows = []
     for name in names:
         sdir = project.sandbox_dir(name)
         st = sdir.state()
-        row: dict[str, Any] = {"name": name, "status": st.status, "pid": st.supervisor_pid if st.status == "running"
-                               else None, "vm_pid": st.vm_pid if st.status == "running" else None,
-                               "accel": st.accel, "command": st.command, "exit_code": st.exit_code,
-                               "message": st.message, "uptime_s": None, "cpu_percent": None,
-                               "memory_mib": None, "disk_bytes": None}  # fmt: skip
-        if st.status == "running" and st.socket:
+        running = st.status == "running"
+        label = backend_label(st.backend, st.accel) if st.backend else None
+        row: dict[str, Any] = {
+            "name": name, "status": st.status, "pid": st.supervisor_pid if running else None,
+            "vm_pid": st.vm_pid if running else None, "backend": st.backend, "backend_label": label,
+            "accel": st.accel, "command": st.command, "exit_code": st.exit_code, "message": st.message,
+            "uptime_s": None, "cpu_percent": None, "memory_mib": None, "disk_bytes": None,
+        }  # fmt: skip
+        if running and st.socket:
             with contextlib.suppress(ControlError):
                 live = await request(Path(st.socket), {"op": "status"}, timeout=10)
                 for key in ("uptime_s", "cpu_percent", "memory_mib", "disk_bytes"):
@@ -106,7 +110,8 @@ async def _rows(project: Any, names: list[str]) -> list[dict[str, Any]]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @FILE_OPTION
 def status(names: tuple[str, ...], as_json: bool, file: Path | None) -> None:
-    """Show whether the project's sandboxes run, with CPU, memory and disk of running ones."""
+    """Show whether the project's sandboxes run, on which backend (for stopped ones: the one
+    they last ran on), with CPU, memory and disk of running ones."""
     try:
         project = _project(file)
         for n in names:
@@ -120,14 +125,14 @@ def status(names: tuple[str, ...], as_json: bool, file: Path | None) -> None:
     if not rows:
         click.echo(f"no sandboxes in {project.path} (add one with `msb add NAME --image IMAGE`)")
         return
-    click.echo(f"{'NAME':<16} {'STATUS':<9} {'PID':>7} {'ACCEL':<5} {'UPTIME':>7} {'CPU%':>6} "
+    click.echo(f"{'NAME':<16} {'STATUS':<9} {'PID':>7} {'BACKEND':<11} {'UPTIME':>7} {'CPU%':>6} "
                f"{'MEM MiB':>8} {'DISK':>9}  NOTE")  # fmt: skip
     for r in rows:
         disk = "-" if r["disk_bytes"] is None else f"{r['disk_bytes'] / (1 << 20):.1f}M"
         cpu = "-" if r["cpu_percent"] is None else f"{r['cpu_percent']:.1f}"
         mem = "-" if r["memory_mib"] is None else f"{r['memory_mib']:.0f}"
         note = " ".join(r["command"] or []) if r["status"] == "running" else (r["message"] or "")
-        click.echo(f"{r['name']:<16} {r['status']:<9} {r['pid'] or '-':>7} {r['accel'] or '-':<5} "
+        click.echo(f"{r['name']:<16} {r['status']:<9} {r['pid'] or '-':>7} {r['backend_label'] or '-':<11} "
                    f"{_fmt_uptime(r['uptime_s']):>7} {cpu:>6} {mem:>8} {disk:>9}  {note[:60]}")  # fmt: skip
 
 

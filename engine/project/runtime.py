@@ -3,7 +3,8 @@
 Layout (beside the Sandboxfile)::
 
     .menv/sandboxes/<name>/
-        upper.ext4        the persistent writable layer (survives stop, crashes, kill -9)
+        upper.ext4        the persistent writable layer on QEMU (survives stop, crashes, kill -9)
+        upper/            … on gVisor and libkrun (a directory; see engine.sandbox.engine)
         state.json        what the supervisor last said (status, pids, socket, exit code)
         supervisor.lock   flock-held by the live supervisor: the liveness test (no pid reuse)
         output.log        the main process's output (bounded; rotated to output.log.1)
@@ -29,7 +30,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 
-from engine.errors import MsbError
+from engine.errors import ConfigError, MsbError
 from engine.project.sandboxfile import Sandboxfile
 
 MAX_STATE_BYTES = 64 << 10
@@ -42,6 +43,10 @@ class StartError(MsbError):
     """The supervisor could not start the sandbox (its message and hint)."""
 
 
+class StartConfigError(StartError, ConfigError):
+    """The supervisor refused the sandbox's configuration (e.g. an unknown backend): a usage error."""
+
+
 class SandboxState(BaseModel):
     """``state.json``: written by the supervisor, read by everyone else."""
 
@@ -50,7 +55,10 @@ class SandboxState(BaseModel):
     supervisor_pid: int | None = None
     vm_pid: int | None = None
     socket: str | None = None
+    backend: str | None = None
+    """The backend it runs (or last ran) on: ``qemu``, ``gvisor``, ``krun``."""
     accel: str | None = None
+    """``kvm``, ``tcg`` or ``none`` (gVisor)."""
     started_at: float | None = None
     stopped_at: float | None = None
     command: list[str] | None = None
@@ -151,8 +159,10 @@ class Project:
 
 
 def _supervisor_argv(project: Project, name: str, command: list[str] | None, *, wait_attach: bool,
-                     keep_alive: bool) -> list[str]:  # fmt: skip
+                     keep_alive: bool, backend: str | None = None) -> list[str]:  # fmt: skip
     argv = [sys.executable, "-m", "engine.project.supervisor", "--file", str(project.path), "--name", name]
+    if backend is not None:
+        argv += ["--backend", backend]
     if command is not None:
         argv += ["--command", json.dumps(command)]
     if wait_attach:
@@ -163,7 +173,7 @@ def _supervisor_argv(project: Project, name: str, command: list[str] | None, *, 
 
 
 async def launch(project: Project, name: str, command: list[str] | None, *, wait_attach: bool = False,
-                 keep_alive: bool = False) -> SandboxState:  # fmt: skip
+                 keep_alive: bool = False, backend: str | None = None) -> SandboxState:  # fmt: skip
     """Start a supervisor for ``name`` in its own session and wait until the VM is ready.
 
     Args:
@@ -173,15 +183,19 @@ async def launch(project: Project, name: str, command: list[str] | None, *, wait
             until ``msb stop``.
         wait_attach: start ``command`` only when a client attaches (foreground ``msb run``).
         keep_alive: stay up after ``command`` exits, until ``msb stop`` (msb-tui's start).
+        backend: ``auto`` or a backend name, over the entry's ``backend:`` (default: the
+            entry's, else ``MSB_BACKEND``, else auto).
 
     Raises:
-        StartError: the sandbox did not start (the supervisor's message and hint).
+        StartConfigError: the configuration was refused (an unknown backend …): a usage error.
+        StartError: the sandbox did not start (the supervisor's message and hint, e.g. the
+            probe's reason when the backend asked for does not work here).
     """
     sdir = project.sandbox_dir(name)
     sdir.path.mkdir(parents=True, exist_ok=True)
     with open(sdir.supervisor_log, "ab") as log:
         proc = subprocess.Popen(
-            _supervisor_argv(project, name, command, wait_attach=wait_attach, keep_alive=keep_alive),
+            _supervisor_argv(project, name, command, wait_attach=wait_attach, keep_alive=keep_alive, backend=backend),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
             start_new_session=True, cwd=project.dir, close_fds=True,
         )  # fmt: skip
@@ -202,7 +216,8 @@ async def launch(project: Project, name: str, command: list[str] | None, *, wait
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
         message = answer.get("message") or f"the supervisor exited (status {proc.poll()}) without starting it"
-        raise StartError(message, hint=answer.get("hint") or f"see {sdir.supervisor_log}")
+        error = StartConfigError if answer.get("config") else StartError
+        raise error(message, hint=answer.get("hint") or f"see {sdir.supervisor_log}")
     return sdir.state()
 
 

@@ -22,6 +22,8 @@ from pydantic_core import PydanticCustomError
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 """Sandbox names (the server's rule too): 1–63 of ``[A-Za-z0-9_-]``, first alphanumeric."""
 SCOPES = ("none", "group", "public", "any")
+BACKENDS = ("auto", "qemu", "gvisor", "krun")
+"""``backend:`` values: ``auto`` and :data:`engine.vm.select.BACKEND_NAMES` (a test keeps them equal)."""
 KNOWN_TOP_KEYS = ("sandboxes", "meta", "modules", "builds", "groups")
 """Top-level keys msb knows; all but ``sandboxes`` are kept verbatim and not interpreted."""
 MAX_MEMORY_MIB = 1 << 20
@@ -157,6 +159,9 @@ class SandboxEntry(BaseModel):
     """Named shell snippets; ``start`` is the default command of ``msb run``."""
     scope: str | None = None
     """Network: none | group | public | any (default public)."""
+    backend: str | None = None
+    """What isolates it: auto | qemu | gvisor | krun (default ``MSB_BACKEND``, else auto);
+    ``msb run --backend`` overrides it."""
 
     def unknown_keys(self) -> list[str]:
         return sorted((self.model_extra or {}).keys())
@@ -235,4 +240,12 @@ class SandboxEntry(BaseModel):
         if v is not None and v not in SCOPES:
             _fail(f"must be one of {', '.join(SCOPES)} (got {v!r})",
                   "none = no network, public = internet but not the host's private ranges, any = all")  # fmt: skip
+        return v
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend(cls, v: Any) -> Any:
+        if v is not None and v not in BACKENDS:
+            _fail(f"must be one of {', '.join(BACKENDS)} (got {v!r})",
+                  "auto = the strongest that works on the host; `msb doctor` shows which work there")  # fmt: skip
         return v

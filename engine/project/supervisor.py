@@ -8,7 +8,10 @@ socket (:mod:`engine.project.control`). The sandbox stops when its main process 
 ``msb stop``, or on SIGTERM; if the VM dies, the state says ``crashed``.
 
 Run as ``python -m engine.project.supervisor --file SANDBOXFILE --name NAME
-[--command JSON] [--wait-attach] [--keep-alive]``.
+[--command JSON] [--wait-attach] [--keep-alive] [--backend auto|qemu|gvisor|krun]``.
+
+The backend: ``--backend`` (``msb run --backend``), else the entry's ``backend:``, else
+``MSB_BACKEND``, else ``auto`` (:mod:`engine.vm.select`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.errors import MsbError
+from engine.errors import ConfigError, MsbError
 from engine.project.control import MAX_LINE, ControlError, encode, read_msg
 from engine.project.runtime import SandboxDir, SandboxState
 from engine.project.session import MainProcess, serve_spawn
@@ -152,7 +155,8 @@ class Supervisor:
             m = await self.sandbox.metrics()
             metrics = {"cpu_percent": m.cpu_percent, "memory_mib": m.memory_mib, "disk_bytes": m.disk_bytes}
         return {
-            "name": self.sandbox.name, "accel": self.sandbox.accel, "vm_pid": self.sandbox.vm.pid,
+            "name": self.sandbox.name, "backend": self.sandbox.backend, "accel": self.sandbox.accel,
+            "vm_pid": self.sandbox.vm.pid,
             "uptime_s": time.time() - self.sandbox.started_at, "command": self.command,
             "main_running": self.main is not None and not self.main.exited, "main_exit_code": self.exit_code,
             **metrics,
@@ -189,7 +193,7 @@ def _ready(answer: dict[str, Any]) -> None:
     os.close(devnull)
 
 
-async def _boot(sandboxfile: Path, name: str, sdir: SandboxDir) -> Sandbox:
+async def _boot(sandboxfile: Path, name: str, sdir: SandboxDir, backend: str | None = None) -> Sandbox:
     from engine.images.resolve import resolve_root
     from engine.project.sandboxfile import Sandboxfile
     from engine.project.specs import spec_overrides
@@ -203,11 +207,11 @@ async def _boot(sandboxfile: Path, name: str, sdir: SandboxDir) -> Sandbox:
         raise MsbError(f"sandbox {name!r} has no image", hint=f"set sandboxes.{name}.image in {sandboxfile}")
     root = await resolve_root(entry.image, base_dir=sandboxfile.parent)
     spec = root.spec(name, persist_dir=sdir.path, **spec_overrides(entry, sandboxfile.parent))
-    return await Engine().start(spec)
+    return await Engine(backend=backend or entry.backend).start(spec)
 
 
 async def amain(sandboxfile: Path, name: str, command: list[str] | None, wait_attach: bool,
-                keep_alive: bool = False) -> int:  # fmt: skip
+                keep_alive: bool = False, backend: str | None = None) -> int:  # fmt: skip
     sdir = SandboxDir(sandboxfile.parent / ".menv" / "sandboxes" / name, name)
     sdir.path.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(sdir.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -217,13 +221,16 @@ async def amain(sandboxfile: Path, name: str, command: list[str] | None, wait_at
         _ready({"ok": False, "message": f"sandbox {name!r} is already running",
                 "hint": f"use `msb shell {name}`, or `msb stop {name}` first"})  # fmt: skip
         return 1
+    last = sdir.read_state()
     state = SandboxState(name=name, status="starting", supervisor_pid=os.getpid(), command=command)
     sdir.write_state(state)
     try:
-        sandbox = await _boot(sandboxfile, name, sdir)
+        sandbox = await _boot(sandboxfile, name, sdir, backend)
     except MsbError as exc:
-        sdir.write_state(state.model_copy(update={"status": "stopped", "message": str(exc), "stopped_at": time.time()}))
-        _ready({"ok": False, "message": exc.message, "hint": exc.hint})
+        ran_on = {"backend": last.backend, "accel": last.accel} if last else {}  # its files are still there
+        sdir.write_state(state.model_copy(update={"status": "stopped", "message": str(exc), "stopped_at": time.time(),
+                                                  **ran_on}))  # fmt: skip
+        _ready({"ok": False, "message": exc.message, "hint": exc.hint, "config": isinstance(exc, ConfigError)})
         return 1
     ctl_dir = Path(tempfile.mkdtemp(prefix="msb-ctl-", dir=os.environ.get("XDG_RUNTIME_DIR") or None))
     sock = ctl_dir / "control.sock"
@@ -233,10 +240,11 @@ async def amain(sandboxfile: Path, name: str, command: list[str] | None, wait_at
     for signo in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signo, sup.stop_on_signal, signo)
     state = state.model_copy(update={"status": "running", "vm_pid": sandbox.vm.pid, "socket": str(sock),
-                                     "accel": sandbox.accel, "started_at": time.time()})  # fmt: skip
+                                     "backend": sandbox.backend, "accel": sandbox.accel,
+                                     "started_at": time.time()})  # fmt: skip
     sdir.write_state(state)
-    _ready({"ok": True, "socket": str(sock), "accel": sandbox.accel})
-    log.info("sandbox %s running (%s, vm pid %s)", name, sandbox.accel, sandbox.vm.pid)
+    _ready({"ok": True, "socket": str(sock), "backend": sandbox.backend, "accel": sandbox.accel})
+    log.info("sandbox %s running (%s, %s, vm pid %s)", name, sandbox.backend, sandbox.accel, sandbox.vm.pid)
     try:
         await sup.run()
     finally:
@@ -264,12 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--command", help="main process argv as a JSON list")
     parser.add_argument("--wait-attach", action="store_true")
     parser.add_argument("--keep-alive", action="store_true", help="stay up after the main process exits")
+    parser.add_argument("--backend", default=None, help="auto|qemu|gvisor|krun, over the entry's backend:")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("MSB_LOG_LEVEL", "info").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     command = json.loads(args.command) if args.command else None
-    return asyncio.run(amain(args.file.resolve(), args.name, command, args.wait_attach, args.keep_alive))
+    return asyncio.run(amain(args.file.resolve(), args.name, command, args.wait_attach, args.keep_alive,
+                             args.backend))  # fmt: skip
 
 
 if __name__ == "__main__":

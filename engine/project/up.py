@@ -55,22 +55,24 @@ def start_script(entry: SandboxEntry, root: ResolvedRoot) -> list[str] | None:
 
 async def start_dependencies(project: Project, order: list[str], entries: dict[str, SandboxEntry],
                              roots: dict[str, ResolvedRoot],
-                             on_started: Callable[[str], None] | None = None) -> None:  # fmt: skip
-    """Start every dependency in ``order[:-1]`` that is not running, in the background."""
+                             on_started: Callable[[str], None] | None = None, *,
+                             backend: str | None = None) -> None:  # fmt: skip
+    """Start every dependency in ``order[:-1]`` that is not running, in the background
+    (on ``backend`` if given, else each on its own ``backend:`` / the default)."""
     for dep in order[:-1]:
         if not project.sandbox_dir(dep).alive():
-            await launch(project, dep, start_script(entries[dep], roots[dep]))
+            await launch(project, dep, start_script(entries[dep], roots[dep]), backend=backend)
             if on_started is not None:
                 on_started(dep)
 
 
 async def start_in_background(project: Project, name: str, progress: Progress = NO_PROGRESS,
                               on_started: Callable[[str], None] | None = None, *,
-                              keep_alive: bool = False) -> SandboxState:  # fmt: skip
+                              keep_alive: bool = False, backend: str | None = None) -> SandboxState:  # fmt: skip
     """Start ``name`` (and its dependencies) in the background running ``scripts.start``, or
     idle without one. Already running → its state, unchanged. With ``keep_alive`` the
     sandbox stays up after the start script ends (msb-tui: a started sandbox is one you can
-    open shells and REPLs in).
+    open shells and REPLs in). ``backend`` (``auto`` or a name) overrides the entries' ``backend:``.
 
     Raises:
         ConfigError: see :func:`check`. StartError: the VM did not come up.
@@ -80,5 +82,6 @@ async def start_in_background(project: Project, name: str, progress: Progress = 
     if sdir.alive():
         return sdir.state()
     roots = await resolve_all(project, entries, progress)
-    await start_dependencies(project, order, entries, roots, on_started)
-    return await launch(project, name, start_script(entries[name], roots[name]), keep_alive=keep_alive)
+    await start_dependencies(project, order, entries, roots, on_started, backend=backend)
+    return await launch(project, name, start_script(entries[name], roots[name]), keep_alive=keep_alive,
+                        backend=backend)  # fmt: skip

@@ -18,6 +18,7 @@ Behaviour, chosen to be deterministic:
   ``sleep``; anything else exits 127 with ``<cmd>: command not found`` on stderr;
 - ``delay`` (seconds) is awaited by ``run_code``/``run_command``; a ``timeout`` shorter than it
   gives the timed-out shape the real service returns;
+- running sandboxes report the backend ``gvisor`` (``server.info`` says so too);
 - ``fail(method, exc)`` makes a method raise ``exc`` on every call until ``fail(method, None)``.
 """
 
@@ -33,12 +34,14 @@ from typing import Any
 
 from engine.errors import ConfigError, GuestFileError, NotFoundError, SandboxStateError
 from engine.repl.models import LANGUAGE_ALIASES, CommandResult, OutputLine, ReplResult, Stream
-from engine.server.service import SandboxConfig, SandboxInfo, SandboxMetrics, SandboxService
+from engine.server.service import SandboxConfig, SandboxInfo, SandboxMetrics, SandboxService, ServerInfo
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 _JS_DECL = re.compile(r"^(\s*)(?:let|const|var)\s+", re.MULTILINE)
 BASE_MEMORY_MIB = 48.0
 BASE_DISK_BYTES = 4096
+FAKE_BACKEND, FAKE_ACCEL = "gvisor", "none"
+"""What the fake says its sandboxes run on (``server.info``, metrics, list)."""
 
 
 @dataclass
@@ -184,9 +187,15 @@ class FakeService:
         boxes = [b for (ns, _), b in sorted(self.sandboxes.items()) if namespace in ("*", ns)]
         return [
             SandboxInfo(namespace=b.namespace, name=b.name, running=b.running, image=b.image,
-                        status="running" if b.running else "stopped")
+                        status="running" if b.running else "stopped", backend=FAKE_BACKEND if b.running else None,
+                        accel=FAKE_ACCEL if b.running else None)
             for b in boxes
-        ]
+        ]  # fmt: skip
+
+    async def info(self) -> ServerInfo:
+        self._enter("info")
+        return ServerInfo(backend=FAKE_BACKEND, accel=FAKE_ACCEL, label="gVisor",
+                          isolation="gVisor: a user-space kernel (the fake runs nothing)")  # fmt: skip
 
     async def read_file(self, namespace: str, name: str, path: str) -> bytes:
         self._enter("read_file")
@@ -212,7 +221,8 @@ def _metrics(box: FakeSandbox) -> SandboxMetrics:
                               memory_usage=None, disk_usage=None)  # fmt: skip
     disk = BASE_DISK_BYTES + sum(len(d) for d in box.files.values())
     return SandboxMetrics(namespace=box.namespace, name=box.name, running=True, cpu_usage=2.5 + box.runs % 10,
-                          memory_usage=BASE_MEMORY_MIB + box.runs, disk_usage=disk)  # fmt: skip
+                          memory_usage=BASE_MEMORY_MIB + box.runs, disk_usage=disk, backend=FAKE_BACKEND,
+                          accel=FAKE_ACCEL)  # fmt: skip
 
 
 def _evaluate(scope: dict[str, Any], code: str) -> tuple[bool, list[OutputLine]]:

@@ -14,7 +14,8 @@ from typing import Any
 
 import uvicorn
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, MsbError
+from engine.sandbox.engine import Engine
 from engine.server.app import build_app
 from engine.server.auth import load_secret
 from engine.server.manager import SandboxManager
@@ -72,15 +73,33 @@ def secret_for(settings: ServerSettings) -> str | None:
 
 
 def serve(settings: ServerSettings) -> None:
-    """Run the server in the foreground until SIGINT/SIGTERM; sandboxes are stopped on the way out."""
+    """Run the server in the foreground until SIGINT/SIGTERM; sandboxes are stopped on the way out.
+
+    Raises:
+        VmError: the backend asked for (``settings.backend``, ``MSB_BACKEND``) does not work
+            here, with the probe's reason; or no backend works.
+        ConfigError: an unknown backend name, or a bad server key.
+    """
     configure_logging(settings.log_level)
     settings.storage.mkdir(parents=True, exist_ok=True, mode=0o700)
     secret = secret_for(settings)
     if settings.dev:
         sys.stderr.write(DEV_WARNING)
         log.warning("dev mode: authentication disabled")
-    manager = SandboxManager(settings.storage, settings.limits)
-    app = build_app(settings, manager, secret=secret, on_startup=manager.prepare, on_shutdown=manager.shutdown)
+    # Choose the backend before uvicorn runs: its failed startup is a traceback and exit 3, while
+    # this is the probe's reason with a hint (the manager's engine then finds the verdicts cached).
+    asyncio.run(Engine(backend=settings.backend).prepare())
+    manager = SandboxManager(settings.storage, settings.limits, engine=Engine(backend=settings.backend))
+    failed: list[MsbError] = []
+
+    async def startup() -> None:
+        try:
+            await manager.prepare()
+        except MsbError as exc:  # uvicorn only logs a failed startup; the caller must see it
+            failed.append(exc)
+            raise
+
+    app = build_app(settings, manager, secret=secret, on_startup=startup, on_shutdown=manager.shutdown)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=False, lifespan="on")  # fmt: skip
     server = uvicorn.Server(config)
@@ -88,8 +107,14 @@ def serve(settings: ServerSettings) -> None:
     try:
         log.info("listening on %s", settings.url)
         asyncio.run(server.serve())
+    except SystemExit:  # uvicorn's "startup failed" (exit 3): say why instead
+        if failed:
+            raise failed[0] from None
+        raise
     finally:
         pid_file(settings).unlink(missing_ok=True)
+    if failed:
+        raise failed[0]
 
 
 def read_pid(settings: ServerSettings) -> tuple[int, str, int] | None:
@@ -121,4 +146,8 @@ def stop_server(settings: ServerSettings, timeout: float = 30.0) -> bool:
 
 
 if __name__ == "__main__":  # used by `msb server start --detach`
-    serve(ServerSettings.model_validate_json(sys.argv[1]))
+    try:
+        serve(ServerSettings.model_validate_json(sys.argv[1]))
+    except MsbError as exc:
+        log.error("the server cannot start: %s", exc)
+        sys.exit(1)

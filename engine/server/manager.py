@@ -4,6 +4,9 @@ their Sandboxfiles, and the running sandboxes.
 Each namespace is a directory under ``<storage>/namespaces/<ns>/`` holding a ``Sandboxfile``
 and ``.menv/`` (persistent writable layers under ``.menv/sandboxes/<name>``). Sandboxes the
 server starts are persistent: their files survive a crash or restart of the server or the VM.
+
+One backend per server: the manager's :class:`~engine.sandbox.engine.Engine` chooses it at
+start (``msb server start --backend``, ``MSB_BACKEND``, else auto) and every sandbox runs on it.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from engine.repl.pool import ReplPool
 from engine.sandbox.engine import Engine
 from engine.sandbox.sandbox import Sandbox, Status
 from engine.sandbox.spec import NAME_PATTERN
-from engine.server.service import SandboxConfig, SandboxInfo, SandboxMetrics
+from engine.server.service import SandboxConfig, SandboxInfo, SandboxMetrics, ServerInfo
 from engine.server.settings import Limits
 from engine.vm.accel import TCG_WARNING
+from engine.vm.select import backend_label, isolation_of
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(NAME_PATTERN)
@@ -102,6 +106,7 @@ class SandboxManager:
             if not entry.image:
                 raise ConfigError(f"Invalid params: sandbox {name!r} has no image",
                                   hint="pass config.image, e.g. microsandbox/python")  # fmt: skip
+            await self._check_backend(name, entry)
             # API clients choose volume paths: they must stay inside the namespace directory
             overrides = spec_overrides(entry, ns_dir, confine=True)
             root = await resolve_root(entry.image, base_dir=ns_dir)
@@ -134,6 +139,17 @@ class SandboxManager:
                                 hint="pass config.image to define it, or add it to the namespace's Sandboxfile")
         return found
 
+    async def _check_backend(self, name: str, entry: SandboxEntry) -> None:
+        """A Sandboxfile ``backend:`` other than this server's is refused, not quietly ignored."""
+        if entry.backend in (None, "auto"):
+            return
+        info = await self.info()
+        if entry.backend != info.backend:
+            raise ConfigError(f"Invalid params: sandbox {name!r} asks for backend {entry.backend!r}, but this "
+                              f"server runs its sandboxes on {info.label}",
+                              hint="one backend per server: remove backend: from the namespace's Sandboxfile, "
+                              f"or run a server with `msb server start --backend {entry.backend}`")  # fmt: skip
+
     async def stop(self, namespace: str, name: str) -> str:
         run = self._get(namespace, name)
         async with self._lock((namespace, name)):
@@ -143,12 +159,26 @@ class SandboxManager:
         return f"Sandbox {name} stopped successfully"
 
     async def prepare(self) -> None:
-        """Boot assets and the accelerator verdict, once, at server start (logged)."""
+        """Choose the backend and prepare its boot assets, once, at server start (logged with
+        what isolates the sandboxes; TCG is a warning).
+
+        Raises:
+            VmError: the backend asked for does not work here (the probe's reason), or none does.
+            ConfigError: an unknown backend name.
+        """
         assets = await self.engine.prepare()
+        info = await self.info()
+        why = self.engine.backend_verdict.reason if self.engine.backend_verdict else "given"
+        log.info("backend: %s (%s); isolation: %s", info.label, why, info.isolation)
         if assets.accel.accel == "tcg":
             log.warning("accelerator: TCG (%s). %s", assets.accel.reason, TCG_WARNING)
-        else:
-            log.info("accelerator: %s", assets.accel.accel)
+
+    async def info(self) -> ServerInfo:
+        """The backend this server's sandboxes run on (chosen by :meth:`prepare`)."""
+        assets = await self.engine.prepare()
+        name, accel = self.engine.backend.name, assets.accel.accel
+        return ServerInfo(backend=name, accel=accel, label=backend_label(name, accel),
+                          isolation=isolation_of(name, accel))  # fmt: skip
 
     async def shutdown(self) -> None:
         """Stop every sandbox cleanly (server exit)."""
@@ -202,7 +232,8 @@ class SandboxManager:
                 continue
             m = await run.sandbox.metrics()
             out.append(SandboxMetrics(namespace=ns, name=n, running=True, cpu_usage=round(m.cpu_percent, 2),
-                                      memory_usage=round(m.memory_mib, 1), disk_usage=m.disk_bytes))  # fmt: skip
+                                      memory_usage=round(m.memory_mib, 1), disk_usage=m.disk_bytes,
+                                      backend=run.sandbox.backend, accel=run.sandbox.accel))  # fmt: skip
         return out
 
     def _known(self, namespace: str) -> list[tuple[str, str]]:
@@ -230,7 +261,9 @@ class SandboxManager:
                 entry = Sandboxfile.load(self.root / ns / "Sandboxfile", create=True).get(n)
                 image = entry.image if entry else None
             status = run.sandbox.status.value if run else "stopped"
-            out.append(SandboxInfo(namespace=ns, name=n, running=running, image=image, status=status))
+            backend, accel = (run.sandbox.backend, run.sandbox.accel) if run and running else (None, None)
+            out.append(SandboxInfo(namespace=ns, name=n, running=running, image=image, status=status,
+                                   backend=backend, accel=accel))  # fmt: skip
         return out
 
     async def read_file(self, namespace: str, name: str, path: str) -> bytes:

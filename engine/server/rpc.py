@@ -63,6 +63,11 @@ class MetricsParams(_Params):
     sandbox: str | None = None
 
 
+class InfoParams(_Params):
+    namespace: str = DEFAULT_NAMESPACE
+    """Only for the key check: any key may ask which backend its sandboxes run on."""
+
+
 class RpcError(Exception):
     def __init__(self, code: int, message: str, data: Any = None, *, http_status: int = 200) -> None:
         super().__init__(message)
@@ -92,12 +97,17 @@ async def _metrics(s: SandboxService, p: MetricsParams) -> Any:
     return {"sandboxes": [m.model_dump() for m in await s.metrics(p.namespace, p.sandbox)]}
 
 
+async def _info(s: SandboxService, p: InfoParams) -> Any:
+    return (await s.info()).model_dump()
+
+
 METHODS: dict[str, tuple[type[BaseModel], Handler]] = {
     "sandbox.start": (StartParams, _start),
     "sandbox.stop": (StopParams, _stop),
     "sandbox.repl.run": (ReplParams, _repl),
     "sandbox.command.run": (CommandParams, _command),
     "sandbox.metrics.get": (MetricsParams, _metrics),
+    "server.info": (InfoParams, _info),
 }
 
 

@@ -41,6 +41,10 @@ class SandboxMetrics(BaseModel):
     """MiB."""
     disk_usage: int | None
     """Bytes of the writable layer."""
+    backend: str | None = None
+    """Our addition: what isolates it (``qemu``, ``gvisor``, ``krun``); None when stopped."""
+    accel: str | None = None
+    """Our addition: ``kvm``, ``tcg`` or ``none`` (gVisor); None when stopped."""
 
 
 class SandboxInfo(BaseModel):
@@ -49,6 +53,23 @@ class SandboxInfo(BaseModel):
     running: bool
     image: str | None
     status: str
+    backend: str | None = None
+    """What isolates it while running (``qemu``, ``gvisor``, ``krun``)."""
+    accel: str | None = None
+    """``kvm``, ``tcg`` or ``none`` (gVisor) while running."""
+
+
+class ServerInfo(BaseModel):
+    """``server.info`` (our addition): what isolates this server's sandboxes."""
+
+    backend: str
+    """``qemu``, ``gvisor``, ``krun`` (or ``fake`` in tests); one per server."""
+    accel: str
+    """``kvm``, ``tcg`` or ``none`` (gVisor)."""
+    label: str
+    """``gVisor``, ``QEMU/TCG``, ``QEMU/KVM``, ``libkrun/KVM``."""
+    isolation: str
+    """What protects the host, in plain words."""
 
 
 class SandboxService(Protocol):
@@ -75,3 +96,7 @@ class SandboxService(Protocol):
     async def read_file(self, namespace: str, name: str, path: str) -> bytes: ...
 
     async def write_file(self, namespace: str, name: str, path: str, data: bytes) -> None: ...
+
+    async def info(self) -> ServerInfo:
+        """The backend this server runs its sandboxes on."""
+        ...

@@ -33,6 +33,9 @@ class ServerSettings(BaseModel):
     storage: Path = Field(default_factory=paths.state_dir)
     log_level: str = "info"
     limits: Limits = Field(default_factory=Limits)
+    backend: str | None = None
+    """What isolates this server's sandboxes — one backend per server: ``auto``, ``qemu``,
+    ``gvisor``, ``krun`` (default ``MSB_BACKEND``, else auto)."""
 
     @classmethod
     def from_env(cls, **flags: object) -> ServerSettings:

@@ -37,7 +37,7 @@ SANDBOX_ACTIONS = frozenset({"start", "stop", "restart", "shell", "repl", "logs"
 
 EMPTY_HOWTO = "Add one in the Sandboxfile editor (F3), or from a shell:"
 EMPTY_COMMAND = "msb add api --image python --start 'python3 -m http.server'"
-TCG_WARNING = "⚠ QEMU does not treat TCG as a security boundary: use KVM for untrusted code."
+TCG_WARNING = "⚠ QEMU does not treat TCG as a security boundary: prefer gVisor or KVM."
 
 
 def describe(row: SandboxRow) -> str:
@@ -159,7 +159,9 @@ class DashboardScreen(Screen[None]):
     @on(SandboxesFetched)
     async def _fetched(self, message: SandboxesFetched) -> None:
         self.rows, self._failing = message.rows, False
-        cast("MsbApp", self.app).last_sandboxes = message.rows
+        app = cast("MsbApp", self.app)
+        app.last_sandboxes = message.rows
+        app.refresh_header()
         self.query_one(SandboxTable).record(message.rows)
         if self.is_visible:
             await self._render_rows()

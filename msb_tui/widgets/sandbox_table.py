@@ -1,9 +1,11 @@
 """The dashboard's table of sandboxes: one row per sandbox, with live CPU/memory sparklines.
 
-A ``ListView`` of rows (not a ``DataTable``) so that each cell is a real widget: the status is
-coloured by a CSS class (``status-running`` …, see ``themes/dashboard.tcss``) and the metrics
-are :class:`~msb_tui.widgets.sparkline.MetricSpark` widgets that repaint only themselves on a
-poll. The table keeps each sandbox's metric history, so filtering rows away and back keeps it.
+The "VM" column shows what isolates a running sandbox (``gVisor``, ``QEMU/KVM``, ``QEMU/TCG ⚠``:
+TCG is marked, it is no security boundary). A ``ListView`` of rows (not a ``DataTable``) so
+that each cell is a real widget: the status is coloured by a CSS class (``status-running`` …,
+see ``themes/dashboard.tcss``) and the metrics are :class:`~msb_tui.widgets.sparkline.MetricSpark`
+widgets that repaint only themselves on a poll. The table keeps each sandbox's metric history,
+so filtering rows away and back keeps it.
 """
 
 from __future__ import annotations
@@ -91,12 +93,12 @@ def _cells(row: SandboxRow, pending: str | None) -> dict[str, str]:
     status = pending or row.status
     icon = STATUS_ICONS.get(status.rstrip("…"), "◌")
     running = row.status == "running" and pending is None
-    accel = (row.accel or "").upper()
+    label = row.backend_label if running else None
     return {
         "name": row.name if row.defined else f"{row.name}*",
         "status": f"{icon} {status}",
         "image": row.image or NO_VALUE,
-        "accel": (f"{accel} ⚠" if accel == "TCG" else accel) if running and accel else NO_VALUE,
+        "accel": (f"{label} ⚠" if row.accel == "tcg" else label) if label else NO_VALUE,
         "uptime": format_uptime(row.uptime_s) if running else NO_VALUE,
         "cpu": f"{row.cpu_percent:.0f}%" if running and row.cpu_percent is not None else NO_VALUE,
         "memory": format_mib(row.memory_mib) if running else NO_VALUE,

@@ -139,8 +139,10 @@ def test_shell_on_a_stopped_sandbox_starts_and_stops_it(project: Path) -> None:
         ("sandboxes:\n  box:\n    image: busybox\n    memory: lots\n", "memory"),
         ("sandboxes:\n  a:\n    image: busybox\n    depends_on: [b]\n  b:\n    image: busybox\n    depends_on: [a]\n",
          "cycle"),
+        ("sandboxes:\n  box:\n    image: busybox\n    backend: docker\n",
+         "Sandboxfile:4:14: sandboxes.box.backend must be one of auto, qemu, gvisor, krun (got 'docker')"),
     ],
-    ids=["syntax", "wrong-type", "cycle"],
+    ids=["syntax", "wrong-type", "cycle", "backend"],
 )
 def test_bad_sandboxfiles_exit_2_and_start_nothing(tmp_path: Path, text: str, expected: str) -> None:
     (tmp_path / "Sandboxfile").write_text(text)
@@ -149,6 +151,44 @@ def test_bad_sandboxfiles_exit_2_and_start_nothing(tmp_path: Path, text: str, ex
     assert out.returncode == 2, (out.returncode, out.stderr)
     assert expected in out.stderr
     assert not (tmp_path / ".menv").exists()
+
+
+def test_backend_flag_status_and_the_layer_stays_with_its_backend(project: Path) -> None:
+    out = msb(project, "run", "-d", "--backend", "qemu", "box~serve")
+    assert out.returncode == 0, out.stderr
+    row = _status(project)["box"]
+    assert (row["backend"], row["backend_label"], row["accel"]) == ("qemu", "QEMU/TCG", "tcg")
+    [line] = [ln for ln in msb(project, "status").stdout.splitlines() if ln.startswith("box ")]
+    assert line.split()[1:2] == ["running"] and "QEMU/TCG" in line.split()
+    loud = {k: v for k, v in os.environ.items() if k != "MSB_QUIET"}
+    shell = subprocess.run([*MSB, "shell", "-T", "--backend", "gvisor", "box"], cwd=project, input="true\n",
+                           capture_output=True, text=True, timeout=120, env=loud)  # fmt: skip
+    assert shell.returncode == 0, shell.stderr
+    assert "msb: note: sandbox 'box' already runs on QEMU/TCG; --backend gvisor applies when it starts" in shell.stderr
+    assert msb(project, "stop", "box").returncode == 0
+    # gVisor keeps a directory layer: it refuses QEMU's disk image rather than show an empty disk
+    out = msb(project, "run", "box")
+    assert out.returncode == 2, out.stderr
+    assert "msb: error: this sandbox's files are in a QEMU disk image" in out.stderr
+    assert "msb: hint: start it with --backend qemu" in out.stderr
+    assert _status(project)["box"]["backend"] == "qemu"  # still the one it last ran on
+
+
+def test_sandboxfile_backend_and_the_flag_over_it(tmp_path: Path, busybox_rootfs: Path) -> None:
+    (tmp_path / "Sandboxfile").write_text(f"sandboxes:\n  q:\n    image: {busybox_rootfs}\n    memory: 256\n"
+                                          "    scope: none\n    backend: qemu\n    scripts:\n"
+                                          "      start: exec sleep 300\n")  # fmt: skip
+    try:
+        out = msb(tmp_path, "run", "-d", "q")
+        assert out.returncode == 0, out.stderr
+        assert _status(tmp_path)["q"]["backend_label"] == "QEMU/TCG"
+        assert msb(tmp_path, "stop", "q").returncode == 0
+        forced = msb(tmp_path, "run", "--backend", "krun", "q")  # the flag wins over backend: qemu
+        assert forced.returncode == 125, forced.stderr
+        assert "msb: error: backend 'krun' was asked for (the request) but does not work here: " in forced.stderr
+        assert "msb: hint: " in forced.stderr
+    finally:
+        msb(tmp_path, "stop", "q")
 
 
 def test_unknown_sandbox_exits_2(project: Path) -> None:

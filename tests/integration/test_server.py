@@ -40,13 +40,13 @@ class Server:
         return dict(r.json())
 
 
-def start_server(storage: Path, port: int) -> Server:
+def start_server(storage: Path, port: int, *flags: str) -> Server:
     env = {**os.environ, "MSB_STORAGE_PATH": str(storage), "MSB_PORT": str(port), "MSB_LOG_LEVEL": "info"}
     msb = [sys.executable, "-m", "engine.cli.main"]
     key = subprocess.run([*msb, "server", "keygen", "--expire", "1h"], env=env, capture_output=True, text=True,
                          check=True).stdout.strip()  # fmt: skip
     log = open(storage / "test-server.log", "ab")  # noqa: SIM115 - the process owns it
-    proc = subprocess.Popen([*msb, "server", "start"], env=env, stdout=log, stderr=log)
+    proc = subprocess.Popen([*msb, "server", "start", *flags], env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -91,7 +91,8 @@ async def test_sdk_flow_end_to_end(server: Server) -> None:
         assert (await sb.metrics.memory() or 0) > 0
     out = server.rpc("sandbox.metrics.get", {"namespace": "default", "sandbox": "sdk-py"})
     assert out["result"] == {"sandboxes": [{"namespace": "default", "name": "sdk-py", "running": False,
-                                            "cpu_usage": None, "memory_usage": None, "disk_usage": None}]}  # fmt: skip
+                                            "cpu_usage": None, "memory_usage": None, "disk_usage": None,
+                                            "backend": None, "accel": None}]}  # our additions: null when stopped
 
 
 async def test_node_sdk(server: Server) -> None:
@@ -190,3 +191,47 @@ def test_real_server_auth_and_errors(server: Server) -> None:
     ghost = server.rpc("sandbox.command.run", {"sandbox": "ghost", "namespace": "default", "command": "true"})
     assert ghost["error"]["code"] == -32602  # type: ignore[index]
     assert httpx.get(f"{server.url}/api/v1/health").json() == {"message": "Service is healthy"}
+
+
+def _log(server: Server) -> list[dict[str, object]]:
+    import json
+
+    lines = (server.storage / "test-server.log").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def test_one_backend_per_server_chosen_at_start_and_reported(server: Server, tmp_path: Path) -> None:
+    """The default server runs gVisor here; `--backend qemu` runs QEMU/TCG with its warning.
+    Both say so in the log and in `server.info`, and metrics name each sandbox's backend."""
+    info = server.rpc("server.info", {"namespace": "default"})["result"]
+    assert info["backend"] == "gvisor" and info["label"] == "gVisor"  # type: ignore[index]
+    logged = _log(server)
+    messages = [str(m["msg"]) for m in logged]
+    assert any(m.startswith("backend: gVisor (") and "isolation: gVisor: " in m for m in messages), messages
+    assert not any(m["level"] == "warning" and "TCG" in str(m["msg"]) for m in logged)  # no TCG warning
+    start = {"sandbox": "b1", "namespace": "default", "config": {"image": "microsandbox/python", "memory": 256}}
+    assert "result" in server.rpc("sandbox.start", start)
+    [m] = server.rpc("sandbox.metrics.get", {"namespace": "default", "sandbox": "b1"})["result"]["sandboxes"]  # type: ignore[index]
+    assert (m["backend"], m["accel"]) == ("gvisor", "none")
+    server.rpc("sandbox.stop", {"sandbox": "b1", "namespace": "default"})
+    storage = tmp_path / "qemu-server"
+    storage.mkdir()
+    qemu = start_server(storage, _free_port(), "--backend", "qemu")
+    try:
+        info = qemu.rpc("server.info", {"namespace": "default"})["result"]
+        assert info["label"] == "QEMU/TCG" and "not treat TCG as a security boundary" in info["isolation"]  # type: ignore[index]
+        logged = _log(qemu)
+        assert any(str(m["msg"]).startswith("backend: QEMU/TCG") for m in logged)
+        assert any(m["level"] == "warning" and "accelerator: TCG" in str(m["msg"]) for m in logged)
+    finally:
+        stop_server(qemu)
+
+
+def test_a_backend_that_does_not_work_stops_the_start(tmp_path: Path) -> None:
+    env = {**os.environ, "MSB_STORAGE_PATH": str(tmp_path), "MSB_PORT": str(_free_port())}
+    for flags in ([], ["--detach"]):
+        out = subprocess.run([sys.executable, "-m", "engine.cli.main", "server", "start", "--backend", "krun", *flags],
+                             env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 125, out.stderr
+        assert "msb: error: backend 'krun' was asked for (the request) but does not work here: " in out.stderr
+        assert "msb: hint: " in out.stderr

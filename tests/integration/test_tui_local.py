@@ -42,7 +42,8 @@ async def test_start_metrics_repl_shell_logs_stop(workbench: LocalWorkbench) -> 
     async with asyncio.timeout(180):
         await workbench.start("py")
         rows = {r.name: r for r in await workbench.sandboxes()}
-        assert rows["py"].status == "running" and rows["py"].accel in ("kvm", "tcg")
+        assert rows["py"].status == "running" and rows["py"].backend_label == "gVisor"  # auto, on this host
+        assert await workbench.backend() == "gVisor" and "· gVisor ·" in workbench.description
         assert rows["py"].memory_mib and rows["py"].command == ["/bin/sh", "-c", "echo started-by-the-tui"]
         assert (await workbench.run_code("py", "python", "x = 1")).status == "success"
         result = await workbench.run_code("py", "python", "x + 1")

@@ -95,8 +95,11 @@ def tui(tmp_path: Path, busybox_rootfs: Path) -> Iterator[Tmux]:
 
 def test_shell_in_a_real_sandbox_from_the_dashboard(tui: Tmux) -> None:
     tui.wait_for("the dashboard to list the sandbox", lambda s: "box" in s and "stopped" in s)
+    tui.wait_for("the header to name the backend", lambda s: "embedded engine · gVisor ·" in s)  # auto, here
     tui.keys("s")
-    tui.wait_for("the sandbox to run", lambda s: "running" in s, timeout=BOOT_S)
+    screen = tui.wait_for("the sandbox to run", lambda s: "running" in s, timeout=BOOT_S)
+    [row] = [line for line in screen.splitlines() if line.split()[:3] == ["box", "●", "running"]]
+    assert "gVisor" in row and "⚠" not in row  # the VM column: what isolates it; no TCG here
     tui.keys("Enter")
     tui.wait_for("the shell to connect", lambda s: "ctrl+] leaves" in s)
     tui.keys("echo hello-from-vm", literal=True)

@@ -176,3 +176,16 @@ def test_help_on_every_verb() -> None:
     for verb in ("init", "add", "remove", "list"):
         r = msb(verb, "--help")
         assert r.exit_code == 0 and "-f, --file PATH" in r.stdout
+
+
+def test_add_backend(project: Path) -> None:
+    msb("init")
+    assert msb("add", "api", "--image", "busybox", "--backend", "gvisor").exit_code == 0
+    assert "    backend: gvisor\n" in (project / "Sandboxfile").read_text()
+    assert msb("add", "api", "--memory", "256").exit_code == 0  # other options keep it
+    entry = Sandboxfile.load(project / "Sandboxfile").get("api")
+    assert entry is not None and entry.backend == "gvisor" and entry.memory == 256
+    bad = msb("add", "api", "--backend", "docker")
+    assert bad.exit_code == 2 and "'docker' is not one of" in bad.output
+    listed = json.loads(msb("list", "--json").output)["sandboxes"]
+    assert listed[0]["backend"] == "gvisor"

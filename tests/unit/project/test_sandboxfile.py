@@ -159,6 +159,9 @@ def test_flow_style_sandboxes_falls_back_to_a_full_dump(tmp_path: Path) -> None:
         ("sandboxes:\n  api:\n    image: x\n    envs: \"A=1\"\n", "Sandboxfile:4:11", "must be a list of"),
         ("sandboxes:\n  api:\n    image: x\n    scope: internet\n", "Sandboxfile:4:12",
          "sandboxes.api.scope must be one of none, group, public, any (got 'internet')"),
+        ("sandboxes:\n  api:\n    image: x\n    backend: docker\n", "Sandboxfile:4:14",
+         "sandboxes.api.backend must be one of auto, qemu, gvisor, krun (got 'docker')"),
+        ("sandboxes:\n  api:\n    image: x\n    backend: gVisor\n", "Sandboxfile:4:14", "(got 'gVisor')"),
         ("sandboxes:\n  api:\n    image: x\n    scripts:\n      start: 42\n", "Sandboxfile:5:14",
          "sandboxes.api.scripts.start must be a string"),
         ("sandboxes:\n  api:\n    image: x\n    scripts: [a]\n", "Sandboxfile:4:14", "must be a mapping"),
@@ -264,3 +267,17 @@ def test_repository_sandboxfile_is_valid() -> None:
     sbf = Sandboxfile.load(root / "Sandboxfile")
     assert {"hello", "py", "web"} <= set(sbf.names())
     assert any(e.scope == "none" for e in sbf.entries().values())
+
+
+def test_backend_key_is_read_and_the_allowed_values_are_the_selectors(tmp_path: Path) -> None:
+    from engine.project.schema import BACKENDS
+    from engine.vm.select import BACKEND_NAMES
+
+    assert ("auto", *BACKEND_NAMES) == BACKENDS
+    path = write(tmp_path, "sandboxes:\n  a:\n    image: busybox\n    backend: gvisor  # why: untrusted\n")
+    sbf = Sandboxfile.load(path)
+    entry = sbf.get("a")
+    assert entry is not None and entry.backend == "gvisor" and entry.unknown_keys() == []
+    sbf.set_sandbox("a", entry_from_dict({**entry.model_dump(exclude_defaults=True), "backend": "qemu"}))
+    sbf.save()
+    assert "backend: qemu    # why: untrusted" in path.read_text()  # the comment keeps its column

@@ -100,3 +100,54 @@ async def test_metrics_and_list(tmp_path: Path, rootfs: Path) -> None:
     assert not every[("n2", "b")].running and every[("n2", "b")].cpu_usage is None
     assert [x.name for x in await m.list("n2")] == ["b"]
     await m.shutdown()
+
+
+def gvisor_like() -> FakeBackend:
+    backend = FakeBackend()
+    backend.name = "gvisor"  # type: ignore[misc]
+    backend.fixed_accel = "none"  # type: ignore[attr-defined]
+    return backend
+
+
+async def test_one_backend_per_server_reported_and_logged(tmp_path: Path, rootfs: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    monkeypatch.setenv("MSB_AGENT", str(tmp_path / "agent"))  # no agent version check
+    m = SandboxManager(tmp_path / "state", Limits(), engine=Engine(backend=gvisor_like()))
+    with caplog.at_level("INFO"):
+        await m.prepare()
+    assert "backend: gVisor (given); isolation: gVisor: the code's system calls" in caplog.text
+    assert "TCG" not in caplog.text  # the TCG warning is for QEMU/TCG only
+    info = await m.info()
+    assert (info.backend, info.accel, info.label) == ("gvisor", "none", "gVisor")
+    await m.start("default", "s1", SandboxConfig(image=str(rootfs)))
+    [metrics] = await m.metrics("default", "s1")
+    assert (metrics.backend, metrics.accel) == ("gvisor", "none")
+    [listed] = await m.list("default")
+    assert (listed.backend, listed.accel) == ("gvisor", "none")
+    await m.stop("default", "s1")
+    [metrics] = await m.metrics("default", "s1")
+    assert metrics.running is False and metrics.backend is None
+    await m.shutdown()
+
+
+async def test_tcg_is_still_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO"):
+        await manager(tmp_path).prepare()
+    assert "accelerator: TCG" in caplog.text and "not treat TCG as a security boundary" in caplog.text
+
+
+async def test_a_sandboxfile_backend_other_than_the_servers_is_refused(
+    tmp_path: Path, rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MSB_AGENT", str(tmp_path / "agent"))
+    m = SandboxManager(tmp_path / "state", Limits(), engine=Engine(backend=gvisor_like()))
+    ns_dir = m.namespace_dir("default")
+    ns_dir.mkdir(parents=True)
+    (ns_dir / "Sandboxfile").write_text(f"sandboxes:\n  q:\n    image: {rootfs}\n    backend: qemu\n"
+                                        f"  g:\n    image: {rootfs}\n    backend: gvisor\n")  # fmt: skip
+    with pytest.raises(ConfigError, match="asks for backend 'qemu', but this server runs its sandboxes on gVisor") as e:
+        await m.start("default", "q", None)
+    assert e.value.hint and "msb server start --backend qemu" in e.value.hint
+    assert await m.start("default", "g", None) == "Sandbox g started successfully"
+    await m.shutdown()

@@ -155,3 +155,20 @@ async def test_server_timing_header(client: httpx.AsyncClient) -> None:
     r = await client.post(URL, json=call("sandbox.metrics.get", {"namespace": "*"}))
     assert r.headers["server-timing"].startswith("app;dur=")
     assert float(r.headers["server-timing"].split("dur=")[1]) >= 0
+
+
+async def test_the_backend_is_reported_as_additions(tmp_path: Path) -> None:
+    """``server.info`` (ours) says what isolates the sandboxes; metrics gain backend/accel next
+    to microsandbox's fields, which keep their names and meaning."""
+    async with _client(tmp_path) as c:
+        c.headers["Authorization"] = "Bearer " + make_key(SECRET, namespace="team")
+        r = await c.post(URL, json=call("server.info", {"namespace": "team"}))
+        assert r.json()["result"] | {"isolation": ""} == {"backend": "gvisor", "accel": "none", "label": "gVisor",
+                                                          "isolation": ""}  # fmt: skip
+        assert (await c.post(URL, json=call("server.info", {"namespace": "other"}))).status_code == 403
+        start = {"sandbox": "s1", "namespace": "team", "config": {"image": "microsandbox/python"}}
+        await c.post(URL, json=call("sandbox.start", start))
+        r = await c.post(URL, json=call("sandbox.metrics.get", {"namespace": "team"}))
+        [m] = r.json()["result"]["sandboxes"]
+        assert set(m) == {"namespace", "name", "running", "cpu_usage", "memory_usage", "disk_usage", "backend", "accel"}
+        assert (m["backend"], m["accel"]) == ("gvisor", "none")

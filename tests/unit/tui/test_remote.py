@@ -60,3 +60,28 @@ async def test_server_errors_and_unsupported_operations_say_what_to_do(
         assert "server's API" in info.value.message and info.value.hint
     with pytest.raises(MsbError, match="server's API"):
         await anext(wb.logs("api"))
+
+
+async def test_the_servers_backend_in_the_header(remote: tuple[RemoteWorkbench, FakeService],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    wb, _ = remote
+    assert await wb.backend() == "gVisor"
+    assert wb.description == "server http://msb.test · gVisor · namespace default"
+    await wb.start("api")
+    [row] = await wb.sandboxes()
+    assert (row.backend, row.accel, row.backend_label) == ("gvisor", "none", "gVisor")
+
+
+async def test_a_server_without_server_info(remote: tuple[RemoteWorkbench, FakeService],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """An older msb (or microsandbox) has no ``server.info``: unknown, not an error; running
+    sandboxes still say what they run on."""
+    from engine.server import rpc
+
+    monkeypatch.delitem(rpc.METHODS, "server.info")
+    wb, _ = remote
+    assert await wb.backend() is None
+    assert wb.description == "server http://msb.test · namespace default"
+    await wb.start("api")
+    await wb.sandboxes()
+    assert wb.description == "server http://msb.test · running on gVisor · namespace default"
