@@ -68,6 +68,7 @@ class Engine:
         self._backend: VmBackend | None = None if isinstance(backend, str) else backend
         self._backend_name = backend if isinstance(backend, str) else None
         self._fallback: Engine | None = None
+        self._followers: dict[str, Engine] = {}
         self.backend_verdict: BackendVerdict | None = None
         """Why this backend was chosen (set by :meth:`prepare`; None for a backend passed in)."""
         self.cache_dir = cache_dir or paths.cache_dir()
@@ -171,6 +172,9 @@ class Engine:
         """
         t0 = time.perf_counter()
         assets = await self.prepare()
+        follow = await self._follow_layer(spec)
+        if follow is not None:
+            return await follow.start(spec)
         self._check_volumes(spec, assets.kernel)
         root, upper = await self._disks(spec)
         run_dir = paths.new_run_dir(spec.name)
@@ -201,6 +205,31 @@ class Engine:
         log.info("sandbox %s ready in %.0f ms (%s, %s)", spec.name, boot_s * 1000, self.backend.name,
                  assets.accel.accel)  # fmt: skip
         return sandbox
+
+    async def _follow_layer(self, spec: SandboxSpec) -> Engine | None:
+        """For ``auto``: the engine of the backend kind a persistent sandbox's files are in,
+        when that is not this engine's (a sandbox made on QEMU keeps running on QEMU after
+        ``auto`` starts choosing gVisor); None to start here."""
+        if spec.persist_dir is None or not self._chosen_automatically():
+            return None
+        try:
+            check_layer_format(spec.persist_dir, self.backend.name, image=self.backend.needs_boot_assets)
+        except ConfigError:
+            pass
+        else:
+            return None
+        key = "qemu" if not self.backend.needs_boot_assets else "directory"
+        if key not in self._followers:
+            if key == "qemu":
+                backend, verdict = await choose_backend("qemu", self.cache_dir)
+            else:
+                backend, verdict = await choose_backend("auto", self.cache_dir, exclude=("qemu",))
+            log.info("sandbox %s: its files are in %s's format, so it runs there", spec.name, backend.name)
+            follower = Engine(backend, cache_dir=self.cache_dir, accel=self._accel, kernel=self._kernel,
+                              machine=self.machine)  # fmt: skip
+            follower.backend_verdict = verdict
+            self._followers[key] = follower
+        return self._followers[key]
 
     def _chosen_automatically(self) -> bool:
         return self.backend_verdict is not None and requested_backend(self._backend_name)[0] == "auto"

@@ -152,3 +152,26 @@ async def test_cpu_use_is_measured_on_the_host(gv: Engine, busybox_rootfs: Path)
         assert busy.processes == 2, busy
         await burn.signal(9)
         await burn.wait()
+
+
+async def test_auto_keeps_a_persistent_sandbox_on_the_backend_its_files_are_for(
+    busybox_rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sandbox made on QEMU (files in upper.ext4) still runs on QEMU when auto picks gVisor;
+    a new one runs on gVisor."""
+    monkeypatch.delenv("MSB_BACKEND", raising=False)
+    spec = SandboxSpec(name="gv-follow", rootfs=busybox_rootfs, network="none", persist_dir=tmp_path / "old",
+                       memory_mib=256)  # fmt: skip
+    async with await Engine(backend="qemu").start(spec) as sb:
+        await sh(sb, "echo from qemu > /root/note")
+    auto = Engine()
+    await auto.prepare()
+    assert auto.backend_verdict is not None
+    if auto.backend_verdict.name != "gvisor":
+        pytest.skip(f"auto picks {auto.backend_verdict.name} on this host, not gVisor")
+    async with await auto.start(spec) as again:
+        assert again.backend == "qemu"
+        assert (await sh(again, "cat /root/note"))[1] == "from qemu\n"
+    fresh = spec.model_copy(update={"name": "gv-new", "persist_dir": tmp_path / "new"})
+    async with await auto.start(fresh) as new:
+        assert new.backend == "gvisor"
