@@ -166,12 +166,18 @@ def test_backend_flag_status_and_the_layer_stays_with_its_backend(project: Path)
     assert shell.returncode == 0, shell.stderr
     assert "msb: note: sandbox 'box' already runs on QEMU/TCG; --backend gvisor applies when it starts" in shell.stderr
     assert msb(project, "stop", "box").returncode == 0
-    # gVisor keeps a directory layer: it refuses QEMU's disk image rather than show an empty disk
-    out = msb(project, "run", "box")
+    # auto keeps the sandbox on the backend its files are in (QEMU's disk image) ...
+    out = msb(project, "run", "box~write", "--", "kept")
+    assert out.returncode == 0 and "written" in out.stdout, out.stderr
+    assert _status(project)["box"]["backend"] == "qemu"
+    # ... and gVisor, forced, refuses that disk image rather than show an empty disk
+    out = msb(project, "run", "--backend", "gvisor", "box")
     assert out.returncode == 2, out.stderr
     assert "msb: error: this sandbox's files are in a QEMU disk image" in out.stderr
     assert "msb: hint: start it with --backend qemu" in out.stderr
     assert _status(project)["box"]["backend"] == "qemu"  # still the one it last ran on
+    out = msb(project, "run", "box")
+    assert out.returncode == 0 and "kept" in out.stdout, out.stderr
 
 
 def test_sandboxfile_backend_and_the_flag_over_it(tmp_path: Path, busybox_rootfs: Path) -> None:
