@@ -253,6 +253,23 @@ def agent_check() -> Check:
     return Check(name="agent", level="ok", detail=f"{agent} (version {version})")
 
 
+def templates_check(cache_dir: Path) -> Check:
+    """Whether QEMU sandboxes restore from templates, and how many are cached."""
+    from engine.sandbox.instant import templates_enabled
+
+    root = cache_dir / "templates"
+    if not templates_enabled(None):
+        return Check(name="templates", level="ok", detail="off (MSB_TEMPLATES=0): every QEMU sandbox boots")
+    try:
+        kept = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        size = sum(f.stat().st_blocks * 512 for d in kept for f in d.iterdir())
+    except OSError:
+        kept, size = [], 0
+    return Check(name="templates", level="ok",
+                 detail=f"on: {len(kept)} cached in {root} ({size / 2**20:.0f} MiB on disk); "
+                 "QEMU sandboxes restore from them (docs/instant.md)")  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------- all
 
 
@@ -274,7 +291,8 @@ async def gather(cache_dir: Path | None = None) -> Report:
         isolation = select.isolation_of(name, default.accel)
     in_use = "none" if name is None else KERNEL_IN_USE.get(name, f"the guest kernel {kernel_text or '(missing)'}")
     return Report(
-        backends=backends, checks=[*tools, *kernel, agent, netfilter_check()], default=default, backend=name,
+        backends=backends, checks=[*tools, *kernel, agent, netfilter_check(), templates_check(cache_dir)],
+        default=default, backend=name,
         accelerator=default.accel, kernel_in_use=in_use,
         agent=agent.detail if agent.level != "fail" else None, isolation=isolation, tcg=TCG_STATEMENT,
         recommendation=recommendation(default, backends),

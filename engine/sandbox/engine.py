@@ -15,12 +15,15 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from engine import paths
-from engine.errors import BootError, ConfigError, KernelError, VmError
+from engine.errors import ConfigError, KernelError, VmError
+from engine.sandbox.bootparts import DIR_UPPER, boot_error, check_layer_format
+from engine.sandbox.instant import Restorer, StartInfo, StartKind, restore_failed, templates_enabled
 from engine.sandbox.sandbox import Sandbox
 from engine.sandbox.spec import SandboxSpec
 from engine.vm.accel import AccelVerdict, choose_accel
@@ -31,6 +34,7 @@ from engine.vm.initramfs import check_agent_current, ensure_initramfs
 from engine.vm.kernel import Kernel, read_bzimage_version, resolve_kernel
 from engine.vm.protocol import Ready
 from engine.vm.select import BackendVerdict, choose_backend, isolation_of, requested_backend
+from engine.vm.template import TemplateStore, stage_for
 from engine.vm.volumes import check_host_dirs, check_volumes
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,7 @@ class Engine:
         accel: str | None = None,
         kernel: Kernel | None = None,
         machine: str | None = None,
+        templates: bool | None = None,
     ) -> None:
         """Args:
         backend: a backend, or a name (``auto``, ``qemu``, ``gvisor``, ``krun``); default
@@ -64,6 +69,8 @@ class Engine:
         accel: ``"kvm"``, ``"tcg"`` or ``"auto"`` (default ``MSB_ACCEL`` or auto).
         kernel: a kernel to use instead of :func:`resolve_kernel`'s choice.
         machine: ``"microvm"`` or ``"q35"`` (default ``MSB_MACHINE`` or microvm).
+        templates: restore QEMU sandboxes from saved templates instead of booting them
+            (default on unless ``MSB_TEMPLATES=0``; engine/sandbox/instant.py).
         """
         self._backend: VmBackend | None = None if isinstance(backend, str) else backend
         self._backend_name = backend if isinstance(backend, str) else None
@@ -77,6 +84,8 @@ class Engine:
         self.machine = machine or os.environ.get("MSB_MACHINE") or "microvm"
         self._assets: Assets | None = None
         self._lock = asyncio.Lock()
+        self._templates = templates
+        self._restorer: Restorer | None = None
 
     @property
     def backend(self) -> VmBackend:
@@ -194,17 +203,58 @@ class Engine:
             if not self._chosen_automatically():
                 raise
             return await (await self._fallback_engine()).start(spec)
-        try:
-            vm, client, ready, _ = await self._boot(vm_spec, spec.boot_timeout_s)
-        except BaseException:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            raise
+        sandbox_id = uuid.uuid4().hex[:16]
+        started = await self._restore(vm_spec, spec)
+        kind: StartKind = "restore"
+        detail = ""
+        if isinstance(started, str) or started is None:
+            kind, detail = "boot", started or ""
+            try:
+                vm, client, ready, _ = await self._boot(vm_spec, spec.boot_timeout_s)
+            except BaseException:
+                shutil.rmtree(run_dir, ignore_errors=True)
+                raise
+        else:
+            vm, client, ready, detail = started
         boot_s = time.perf_counter() - t0
+        info = StartInfo(kind=kind, ms=boot_s * 1000, detail=detail)
         sandbox = Sandbox(spec, vm, client, run_dir, accel=assets.accel.accel, boot_s=boot_s, ready=ready,
-                          backend=self.backend.name)  # fmt: skip
-        log.info("sandbox %s ready in %.0f ms (%s, %s)", spec.name, boot_s * 1000, self.backend.name,
-                 assets.accel.accel)  # fmt: skip
+                          backend=self.backend.name, start=info, sandbox_id=sandbox_id)  # fmt: skip
+        log.info("sandbox %s ready in %.0f ms by %s (%s, %s)%s", spec.name, boot_s * 1000, kind, self.backend.name,
+                 assets.accel.accel, f"; {detail}" if detail else "")  # fmt: skip
         return sandbox
+
+    async def _restore(
+        self, vm_spec: VmSpec, spec: SandboxSpec
+    ) -> tuple[VmHandle, AgentClient, Ready, str] | str | None:
+        """Start ``vm_spec`` from its template; the reason to boot instead (a string), or None
+        when templates are off or the backend has none."""
+        if not templates_enabled(self._templates) or self.backend.name != "qemu":
+            return None
+        if self._restorer is None:
+            self._restorer = Restorer(self.backend, TemplateStore(self.cache_dir))
+        restorer = self._restorer
+        stage = stage_for(vm_spec)
+        try:
+            tpl, built_ms = await restorer.template_for(vm_spec, spec.boot_timeout_s)
+        except Exception as exc:
+            if not restore_failed(exc):
+                raise
+            log.warning("sandbox %s: building its template (%s stage) failed, booting it: %s", spec.name, stage, exc)
+            return f"no template ({str(exc).splitlines()[0][:200]})"
+        try:
+            vm, client, ready = await restorer.restore(vm_spec, tpl, spec.boot_timeout_s)
+        except Exception as exc:
+            if "write lock" in str(exc) or 'write" lock' in str(exc):
+                raise VmError(f"sandbox {spec.name!r} is already running (its disk is in use)",
+                              hint="stop the other instance first") from exc  # fmt: skip
+            if not restore_failed(exc):
+                raise
+            restorer.store.discard(tpl.key, f"restoring from it failed: {exc}")
+            restorer.mark_failed(tpl.key, f"to restore ({str(exc).splitlines()[0][:200]})")
+            log.warning("sandbox %s: restoring from its template failed, booting it: %s", spec.name, exc)
+            return f"restore failed ({str(exc).splitlines()[0][:200]})"
+        return vm, client, ready, "" if built_ms is None else f"template built in {built_ms:.0f} ms"
 
     async def _follow_layer(self, spec: SandboxSpec) -> Engine | None:
         """For ``auto``: the engine of the backend kind a persistent sandbox's files are in,
@@ -299,7 +349,7 @@ class Engine:
         try:
             vm = await self.backend.launch(spec)
         except VmError as exc:
-            if "write\" lock" in str(exc) or "write lock" in str(exc):
+            if 'write" lock' in str(exc) or "write lock" in str(exc):
                 raise VmError(
                     f"sandbox {spec.name!r} is already running (its disk is in use)",
                     hint="stop the other instance first",
@@ -313,44 +363,13 @@ class Engine:
             if ready_task in done and ready_task.exception() is None:
                 exit_task.cancel()
                 return vm, client, ready_task.result(), time.perf_counter() - t0
-            raise _boot_error(spec, vm, ready_task, exit_task, deadline)
+            raise boot_error(spec, vm, ready_task, exit_task, deadline)
         except BaseException:
             ready_task.cancel()
             exit_task.cancel()
             await vm.kill()
             await client.close()
             raise
-
-
-DIR_UPPER = "upper"
-"""The writable layer of a persistent sandbox on a directory-root backend (gVisor, libkrun)."""
-
-
-def check_layer_format(persist_dir: Path, backend: str, *, image: bool) -> None:
-    """Refuse to start a persistent sandbox whose files are in the other backend kind's format.
-
-    QEMU keeps a persistent sandbox's files in ``upper.ext4``; gVisor and libkrun in the
-    directory ``upper``. Starting on the other kind would show an empty disk and leave the
-    files behind, so it is an error that names the backend to use.
-
-    Raises:
-        ConfigError: the files are in the other format.
-    """
-    ext4 = persist_dir / "upper.ext4"
-    tree = persist_dir / DIR_UPPER
-    has_tree = tree.is_dir() and any(tree.iterdir())
-    if image and has_tree:
-        raise ConfigError(
-            f"this sandbox's files were written by a directory-root backend (gVisor or libkrun) in {tree}; "
-            f"the {backend} backend keeps files in a disk image and would not see them",
-            hint="start it with --backend gvisor (or the one it last ran on), or remove that directory to start afresh",
-        )
-    if not image and ext4.is_file() and ext4.stat().st_size > 0:
-        raise ConfigError(
-            f"this sandbox's files are in a QEMU disk image ({ext4}); the {backend} backend runs a directory root "
-            "and would not see them",
-            hint="start it with --backend qemu, or remove the image to start afresh",
-        )
 
 
 def _boot_args(assets: Assets) -> tuple[str, ...]:
@@ -367,20 +386,3 @@ def _bootable_kernel(path: Path) -> bool:
             return f.read(4) == b"\x7fELF"
     except OSError:
         return False
-
-
-def _boot_error(
-    spec: VmSpec, vm: VmHandle, ready: asyncio.Future[Ready], exited: asyncio.Future[int], deadline: float
-) -> BootError:
-    tail = vm.console_tail(3000)
-    accel: Accel = spec.accel
-    if exited.done() and not exited.cancelled():
-        what = f"the VM exited (status {exited.result()}) before the guest agent was ready"
-    elif ready.done() and not ready.cancelled() and ready.exception() is not None:
-        what = f"the guest agent failed during boot: {ready.exception()}"
-    else:
-        what = f"the guest agent did not say ready within {deadline:.0f} s"
-    hint = "check the kernel (MSB_KERNEL / `make kernel`) and agent (`make agent`); the console tail is below"
-    if accel == "tcg":
-        hint += "; under TCG a busy host boots slower: raise boot_timeout_s"
-    return BootError(f"sandbox {spec.name!r} failed to boot: {what}", hint=hint, console_tail=tail)

@@ -72,3 +72,18 @@ def process_rss_mib(pid: int | None) -> float | None:
     except (OSError, ValueError):
         return None
     return None
+
+
+def process_pss_mib(pid: int | None) -> float | None:
+    """Proportional set size of a host process in MiB (pages shared with others, such as a
+    template's RAM, count by share), or its RSS if smaps is unreadable; None if unknown."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return process_rss_mib(pid)

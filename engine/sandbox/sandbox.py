@@ -8,11 +8,13 @@ import enum
 import logging
 import shutil
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 
 from engine.errors import SandboxStateError, VmCrashedError
+from engine.sandbox.instant import StartInfo
 from engine.sandbox.metrics import Metrics, MetricsTracker, process_rss_mib
 from engine.sandbox.spec import SandboxSpec
 from engine.vm import protocol as p
@@ -45,6 +47,8 @@ class Sandbox:
         boot_s: float,
         ready: p.Ready,
         backend: str = "qemu",
+        start: StartInfo | None = None,
+        sandbox_id: str | None = None,
     ) -> None:
         self.spec = spec
         self.vm = vm
@@ -55,6 +59,10 @@ class Sandbox:
         """The backend's name: ``qemu``, ``gvisor``, ``krun`` or ``fake``."""
         self.boot_s = boot_s
         """Seconds from the start request to the agent's READY."""
+        self.start_info = start or StartInfo(kind="boot", ms=boot_s * 1000)
+        """How it started (``pool``, ``restore`` or ``boot``) and how long that took."""
+        self.id = sandbox_id or uuid.uuid4().hex[:16]
+        """Unique per start; commands see it as ``MSB_SANDBOX_ID``."""
         self.ready = ready
         self.started_at = time.time()
         self._status = Status.RUNNING
@@ -80,8 +88,7 @@ class Sandbox:
         """The error operations get once the VM is gone (with the console tail)."""
         return VmCrashedError(
             f"sandbox {self.name!r}: {what}; it is marked crashed",
-            hint="start it again; if it keeps crashing, look at its console log "
-            f"({self.run_dir / 'console.log'})",
+            hint=f"start it again; if it keeps crashing, look at its console log ({self.run_dir / 'console.log'})",
             console_tail=self.vm.console_tail(2048),
         )
 
@@ -106,6 +113,7 @@ class Sandbox:
 
     def _env(self, env: dict[str, str] | None, tty: bool = False) -> dict[str, str]:
         merged = self.spec.base_env()
+        merged["MSB_SANDBOX_ID"] = self.id
         if tty:
             merged.setdefault("TERM", "xterm-256color")
         merged.update(env or {})

@@ -74,6 +74,7 @@ class AgentClient:
         self._routes: dict[int, _Route] = {}
         self._ids = itertools.count(1)
         self._ready: asyncio.Future[p.Ready] = asyncio.get_running_loop().create_future()
+        self._held: asyncio.Future[p.Held] = asyncio.get_running_loop().create_future()
         self._dead: MsbError | None = None
         self._on_dead = on_dead
         self._log_budget = (0.0, 0)
@@ -101,6 +102,18 @@ class AgentClient:
         if ready.version != p.PROTOCOL_VERSION:
             raise ProtocolError(f"guest agent speaks protocol {ready.version}, host speaks {p.PROTOCOL_VERSION}")
         return ready
+
+    async def wait_held(self) -> p.Held:
+        """Wait for the HELD frame of a template boot (callers bound this with a timeout).
+
+        Raises:
+            ProtocolError: HELD has another protocol version.
+            VmCrashedError: the channel died first.
+        """
+        held = await self._held
+        if held.version != p.PROTOCOL_VERSION:
+            raise ProtocolError(f"guest agent speaks protocol {held.version}, host speaks {p.PROTOCOL_VERSION}")
+        return held
 
     def _new_route(self, limit: int = 0) -> tuple[int, _Route]:
         self._check()
@@ -147,6 +160,10 @@ class AgentClient:
             if not self._ready.done():
                 self._ready.set_result(frame)
             return
+        if isinstance(frame, p.Held):
+            if not self._held.done():
+                self._held.set_result(frame)
+            return
         if isinstance(frame, p.Log):
             self._guest_log(frame.message)
             return
@@ -174,9 +191,10 @@ class AgentClient:
         if self._dead is not None:
             return
         self._dead = exc
-        if not self._ready.done():
-            self._ready.set_exception(exc)
-            self._ready.exception()  # mark retrieved: nobody may be waiting
+        for fut in (self._ready, self._held):
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: nobody may be waiting
         for route in self._routes.values():
             route.queue.put_nowait(_CLOSED)
 
@@ -429,6 +447,29 @@ class AgentClient:
             return time.perf_counter() - t0
         finally:
             self._routes.pop(fid, None)
+
+    async def identify(self, *, entropy: bytes, realtime_ns: int, hostname: str) -> None:
+        """Give a restored guest its own identity: ``entropy`` mixed into its kernel RNG
+        (and a reseed), the wall clock and the hostname.
+
+        Raises:
+            ProtocolError: the guest refused it (a restored VM that failed this is dropped).
+        """
+        fid, route = self._new_route()
+        try:
+            await self._send(p.frame(p.T.IDENTITY, fid, p.encode_identity(entropy, realtime_ns, hostname)))
+            frame = await self._next(route)
+            if not isinstance(frame, p.Result):
+                raise ProtocolError(f"unexpected {frame.kind} for IDENTITY")
+            if frame.errno:
+                raise ProtocolError(f"the guest could not take a fresh identity: {frame.message}")
+        finally:
+            self._routes.pop(fid, None)
+
+    async def resume(self, params: str) -> None:
+        """Let a held template boot go on with these ``msb.*`` boot words; READY follows
+        (:meth:`wait_ready`)."""
+        await self._send(p.frame(p.T.RESUME, 0, p.encode_resume(params)))
 
     async def shutdown(self) -> None:
         """Ask the agent to stop every process, sync and power off (no answer comes)."""

@@ -50,6 +50,16 @@ class VmSpec(BaseModel):
     network: NetScope = "none"
     """``none`` here (the KVM probe boots offline); sandboxes pass their spec's scope."""
     machine: Literal["microvm", "q35"] = "microvm"
+    memory_file: Path | None = None
+    """Back guest RAM with this file (templates, engine/vm/template.py): shared with it when
+    ``memory_shared`` (a template being built writes its RAM there), else mapped privately,
+    copy-on-write (a restored VM reads the template's pages and never changes the file)."""
+    memory_shared: bool = False
+    template_stage: Literal["root"] | None = None
+    """Boot as a template that stops before mounting the root: the agent sends HELD instead
+    of READY and waits for RESUME."""
+    incoming: Path | None = None
+    """Restore the device state saved in this file instead of booting (with ``memory_file``)."""
 
 
 class VmHandle(Protocol):

@@ -44,6 +44,8 @@ class T(enum.IntEnum):
     METRICS = 0x20
     SHUTDOWN = 0x21
     PING = 0x22
+    IDENTITY = 0x23
+    RESUME = 0x24
     READY = 0x40
     STARTED = 0x41
     STDOUT = 0x42
@@ -55,6 +57,7 @@ class T(enum.IntEnum):
     METRICS_RESULT = 0x49
     PONG = 0x4A
     LOG = 0x4B
+    HELD = 0x4C
 
 
 # ---------------------------------------------------------------- encoding (host → guest)
@@ -99,9 +102,7 @@ def encode_exec(
     gid: int = NO_ID,
 ) -> bytes:
     """Encode an EXEC body (see the protocol doc for the meaning of each field)."""
-    head = struct.pack(
-        ">BBHHIIII", int(tty), int(stdin), rows, cols, timeout_ms, window, uid, gid
-    )
+    head = struct.pack(">BBHHIIII", int(tty), int(stdin), rows, cols, timeout_ms, window, uid, gid)
     return head + _list(argv) + _list(env) + _b(cwd)
 
 
@@ -114,6 +115,18 @@ def encode_file_write(path: bytes, mode: int, *, append: bool, mkdirs: bool) -> 
     """Encode a FILE_WRITE body."""
     flags = (1 if append else 0) | (2 if mkdirs else 0)
     return struct.pack(">IB", mode, flags) + _b(path)
+
+
+def encode_identity(entropy: bytes, realtime_ns: int, hostname: str) -> bytes:
+    """Encode an IDENTITY body: fresh entropy (32–512 bytes), the wall clock, the hostname."""
+    if not 32 <= len(entropy) <= 512:
+        raise ProtocolError("IDENTITY entropy must be 32-512 bytes")
+    return _b(entropy) + struct.pack(">Q", realtime_ns) + _b(hostname.encode())
+
+
+def encode_resume(params: str) -> bytes:
+    """Encode a RESUME body: the ``msb.*`` boot words of the restored sandbox."""
+    return _b(params.encode())
 
 
 # ---------------------------------------------------------------- decoding (guest → host)
@@ -182,6 +195,15 @@ class Ready(_Frame):
     agent_version: str = Field(max_length=256)
     timings_ns: dict[str, int]
     """Named ``CLOCK_BOOTTIME`` points of the guest boot, in nanoseconds."""
+
+
+class Held(_Frame):
+    """A template boot stopped at its stage and waits for RESUME (the host saves it now)."""
+
+    kind: Literal["held"] = "held"
+    version: int
+    agent_version: str = Field(max_length=256)
+    stage: Literal["root"]
 
 
 class Started(_Frame):
@@ -272,7 +294,7 @@ class Log(_Frame):
 
 
 GuestFrame = Annotated[
-    Ready | Started | Output | Exit | FileData | Result | StatResult | ListResult | MetricsResult | Pong | Log,
+    Ready | Held | Started | Output | Exit | FileData | Result | StatResult | ListResult | MetricsResult | Pong | Log,
     Field(discriminator="kind"),
 ]
 
@@ -356,15 +378,16 @@ def decode_guest_frame(kind: int, fid: int, body: bytes) -> GuestFrame:
         elif kind == T.RESULT:
             out = Result(id=fid, errno=r.i32(), message=_text(r.bytes_(4096), 4096))
         elif kind == T.STAT_RESULT:
-            out = StatResult(
-                id=fid, mode=r.u32(), size=r.u64(), mtime_ns=r.i64(), uid=r.u32(), gid=r.u32()
-            )
+            out = StatResult(id=fid, mode=r.u32(), size=r.u64(), mtime_ns=r.i64(), uid=r.u32(), gid=r.u32())
         elif kind == T.LIST_RESULT:
             out = _decode_list(fid, r)
         elif kind == T.METRICS_RESULT:
             out = _decode_metrics(fid, r)
         elif kind == T.READY:
             out = _decode_ready(fid, r)
+        elif kind == T.HELD:
+            out = Held(id=fid, version=r.u32(), agent_version=_text(r.bytes_(256), 256),
+                       stage=_text(r.bytes_(16), 16))  # type: ignore[arg-type]  # fmt: skip
         elif kind == T.LOG:
             out = Log(id=fid, message=_text(r.bytes_(), 1024))
         else:

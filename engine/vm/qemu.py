@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from engine.vm.backend import Accel, VmSpec
 from engine.vm.channel import StreamChannel
 from engine.vm.console import Console, pump_console
 from engine.vm.network import network_args, network_cmdline
+from engine.vm.snapshot import load_state
 from engine.vm.volumes import volume_args, volume_cmdline
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ CONNECT_TIMEOUT_S = 10.0
 CMDLINE_MAX = 2048
 """x86's ``COMMAND_LINE_SIZE``: the kernel truncates a longer command line."""
 QBOOT = "/usr/share/qemu/qboot.rom"
+INCOMING_FD = 3
+"""The fd a restored QEMU reads its saved state from (``migrate-incoming fd:3``)."""
 
 
 def find_qemu() -> str:
@@ -54,8 +58,7 @@ def find_qemu() -> str:
     if not path or not os.access(path, os.X_OK):
         raise VmError(
             f"QEMU not found ({override or 'qemu-system-x86_64'} is not an executable)",
-            hint="install it: apt-get install qemu-system-x86 (or run `make setup`), "
-            "or point MSB_QEMU at the binary",
+            hint="install it: apt-get install qemu-system-x86 (or run `make setup`), or point MSB_QEMU at the binary",
         )
     return path
 
@@ -95,10 +98,9 @@ def kernel_cmdline(spec: VmSpec) -> str:
         "msb.port=msb.0",
         f"msb.hostname={spec.name[:63]}",
     ]
-    if spec.upper_image is not None:
-        parts += ["msb.upper=/dev/vdb", "msb.sync=1"]
-    else:
-        parts.append("msb.upper=tmpfs")
+    parts += upper_cmdline(spec)
+    if spec.template_stage is not None:
+        parts.append(f"msb.template={spec.template_stage}")
     if spec.accel == "tcg" and spec.machine == "microvm":
         # microvm has no HPET: under load the kernel cannot calibrate its clock and hangs
         # (measured with 4 concurrent boots). Telling it the TSC rate avoids calibration.
@@ -119,6 +121,11 @@ def kernel_cmdline(spec: VmSpec) -> str:
     return line
 
 
+def upper_cmdline(spec: VmSpec) -> list[str]:
+    """Boot words for the writable layer (also sent in RESUME to a restored template)."""
+    return ["msb.upper=/dev/vdb", "msb.sync=1"] if spec.upper_image is not None else ["msb.upper=tmpfs"]
+
+
 def build_argv(qemu: str, spec: VmSpec, sockets: dict[str, Path]) -> list[str]:
     """Build the QEMU command line (pure; unit-tested).
 
@@ -136,16 +143,21 @@ def build_argv(qemu: str, spec: VmSpec, sockets: dict[str, Path]) -> list[str]:
         return f"{kind}-device" if mmio else f"{kind}-pci"
 
     machine = "microvm,acpi=on,pit=off,pic=off,rtc=on" if mmio else "q35,sata=off,smbus=off,vmport=off,i8042=off"
+    ram: list[str] = []
+    if spec.memory_file is not None:
+        share = "on" if spec.memory_shared else "off"
+        backing = f"memory-backend-file,id=ram,size={spec.memory_mib}M,mem-path={spec.memory_file},share={share}"
+        ram = ["-object", backing]
+        machine += ",memory-backend=ram"
     firmware = [] if mmio or not os.path.exists(QBOOT) else ["-bios", QBOOT]  # qboot: ~70 ms less than SeaBIOS
     accel = ["-accel", "kvm", "-cpu", "host"] if spec.accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
     argv = [
         qemu,
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-        "-M", machine, *firmware, *accel,
+        "-M", machine, *ram, *firmware, *accel,
         "-smp", str(spec.cpus), "-m", str(spec.memory_mib),
-        "-kernel", str(spec.kernel), "-initrd", str(spec.initrd),
-        "-append", kernel_cmdline(spec),
+        *_boot_args(spec),
         "-chardev", f"socket,id=con,path={sockets['console']}",
         "-serial", "chardev:con",
         "-chardev", f"socket,id=qmp,path={sockets['qmp']}",
@@ -164,7 +176,17 @@ def build_argv(qemu: str, spec: VmSpec, sockets: dict[str, Path]) -> list[str]:
     argv += ["-device", dev("virtio-rng")]
     argv += network_args(spec, dev)
     argv += volume_args(spec, dev)
+    if spec.incoming is not None:  # the state comes on an inherited fd (engine/vm/snapshot.py)
+        argv += ["-incoming", "defer"]
     return argv
+
+
+def _boot_args(spec: VmSpec) -> list[str]:
+    """Kernel, initramfs and command line; none for a restore, whose guest is already booted
+    (QEMU would only spend time loading them into its firmware config)."""
+    if spec.incoming is not None:
+        return []
+    return ["-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", kernel_cmdline(spec)]
 
 
 def _die_with_parent() -> None:
@@ -270,15 +292,12 @@ class QemuBackend:
             servers.append(await asyncio.start_unix_server(_accept_once(fut), path=str(path), limit=1 << 21))
         console = Console(spec.run_dir / "console.log")
         log.debug("starting %s", " ".join(argv))
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent if self.die_with_parent else None,
-            start_new_session=True,  # Ctrl-C in a terminal goes to us, not straight to QEMU
-        )
+        state_fd = os.open(spec.incoming, os.O_RDONLY | os.O_CLOEXEC) if spec.incoming is not None else None
+        try:
+            proc = await self._spawn(argv, env, state_fd)
+        finally:
+            if state_fd is not None:
+                os.close(state_fd)
         vm = QemuVm(proc, spec.accel, console)
         vm._servers = servers
         if proc.stderr is not None:  # QEMU's own complaints (e.g. a kernel it cannot load)
@@ -294,6 +313,8 @@ class QemuBackend:
                     f"QEMU started without the network filter {shim} (the dynamic loader refused it)",
                     hint=netfilter.BUILD_HINT + f"; QEMU said: {_qemu_said(console)}",
                 )
+            if state_fd is not None:
+                await load_state(vm, INCOMING_FD)
         except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
             if not isinstance(exc, TimeoutError):  # QEMU is exiting: take all it printed
                 with contextlib.suppress(TimeoutError):
@@ -311,6 +332,33 @@ class QemuBackend:
         for path in sockets.values():
             path.unlink(missing_ok=True)
         return vm
+
+    def _child_setup(self, state_fd: int | None) -> Callable[[], None] | None:
+        """In the child: the death signal, and the saved state moved to :data:`INCOMING_FD`."""
+        if state_fd is None and not self.die_with_parent:
+            return None
+
+        def setup() -> None:
+            if self.die_with_parent:
+                _die_with_parent()
+            if state_fd is not None:
+                os.dup2(state_fd, INCOMING_FD)  # dup2 clears close-on-exec on the new fd
+
+        return setup
+
+    async def _spawn(
+        self, argv: list[str], env: dict[str, str] | None, state_fd: int | None
+    ) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # Ctrl-C in a terminal goes to us, not straight to QEMU
+            pass_fds=() if state_fd is None else (INCOMING_FD,),
+            preexec_fn=self._child_setup(state_fd),
+        )
 
     async def _wait_connected(
         self,

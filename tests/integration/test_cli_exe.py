@@ -22,7 +22,7 @@ def _run_dirs() -> set[str]:
 
 
 def _qemu_children() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "qemu-system-x86_64.*msb.hostname=exe-"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-f", "qemu-system-x86_64.*/msb-exe-"], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
 
 

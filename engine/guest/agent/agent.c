@@ -123,12 +123,43 @@ static void on_ping(uint32_t id, const uint8_t *body, size_t n)
 	send_frame(T_PONG, id, body, n);
 }
 
+static struct boot_times boot_t;
+static void send_ready(const struct boot_times *t);
+
+static void on_resume(uint32_t id, struct rd *r)
+{
+	uint32_t n = 0;
+	const uint8_t *params = rd_bytes(r, &n);
+	const char *why = rd_end(r);
+	if (!why && memchr(params, 0, n))
+		why = "NUL byte in the parameters";
+	if (why) {
+		bad_frame(T_RESUME, id, why);
+		return;
+	}
+	if (!g.held) {
+		bad_frame(T_RESUME, id, "the agent is not held (not a template boot)");
+		return;
+	}
+	boot_resume(params, n, &boot_t);
+	send_ready(&boot_t);
+}
+
 static void handle_frame(const uint8_t *f, uint32_t len)
 {
 	uint8_t type = f[0];
 	uint32_t id = (uint32_t)f[4] << 24 | (uint32_t)f[5] << 16 | (uint32_t)f[6] << 8 | f[7];
 	struct rd r;
 	rd_init(&r, f + 8, len - 8);
+	if (g.held && type != T_IDENTITY && type != T_RESUME && type != T_PING && type != T_SHUTDOWN) {
+		/* Nothing runs in a held template: the root may not even be mounted. */
+		if (id && (type == T_EXEC || type == T_FILE_READ || type == T_FILE_WRITE || type == T_FILE_STAT ||
+			   type == T_FILE_LIST || type == T_METRICS))
+			send_result(id, EAGAIN, "the agent is held (a template boot): RESUME it first");
+		else
+			bad_frame(type, id, "the agent is held (a template boot)");
+		return;
+	}
 	switch (type) {
 	case T_EXEC:
 	case T_FILE_READ:
@@ -170,6 +201,12 @@ static void handle_frame(const uint8_t *f, uint32_t len)
 		return;
 	case T_PING:
 		on_ping(id, r.p, r.len);
+		return;
+	case T_IDENTITY:
+		identity_on_frame(id, &r);
+		return;
+	case T_RESUME:
+		on_resume(id, &r);
 		return;
 	default:
 		bad_frame(type, id, "unknown type");
@@ -353,9 +390,23 @@ static void loop(void)
 	}
 }
 
+/* A held template boot says so instead of READY: HELD u32 version, bytes agent version,
+ * bytes stage. */
+static void send_held(void)
+{
+	static const char version[] = AGENT_VERSION;
+	static const char stage[] = "root";
+	struct wr w;
+	wr_begin(&w, T_HELD, 0);
+	wr_u32(&w, PROTO_VERSION);
+	wr_bytes(&w, version, sizeof version - 1);
+	wr_bytes(&w, stage, strlen(stage));
+	wr_send(&w);
+}
+
 int main(int argc, char **argv)
 {
-	struct boot_times t;
+	struct boot_times *tp = &boot_t, t;
 	t.init = t.modules = t.root = now_ns(CLOCK_BOOTTIME);
 	/* --serve-stdio wins even as PID 1 (e.g. a container whose channel is a pipe). As init of
 	 * a VM, arguments are ignored: the kernel passes unknown command-line words to init. */
@@ -375,7 +426,11 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: msb-agent --serve-stdio | --krun [--dry-run] | --version  (runs as PID 1 in a QEMU VM)\n");
 		return 2;
 	}
+	*tp = t;
 	setup_common();
-	send_ready(&t);
+	if (g.held)
+		send_held();
+	else
+		send_ready(tp);
 	loop();
 }

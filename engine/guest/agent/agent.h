@@ -44,6 +44,8 @@ enum msg_type {
 	T_METRICS = 0x20,
 	T_SHUTDOWN = 0x21,
 	T_PING = 0x22,
+	T_IDENTITY = 0x23,
+	T_RESUME = 0x24,
 	/* guest -> host */
 	T_READY = 0x40,
 	T_STARTED = 0x41,
@@ -56,6 +58,7 @@ enum msg_type {
 	T_METRICS_RESULT = 0x49,
 	T_PONG = 0x4A,
 	T_LOG = 0x4B,
+	T_HELD = 0x4C,
 };
 
 /* ---- process-wide state (agent.c) ---- */
@@ -69,7 +72,9 @@ struct agent {
 	int devnull;       /* O_RDWR /dev/null, given to children without stdin */
 	int rw_fd;         /* O_DIRECTORY fd on the writable layer, for statfs/syncfs */
 	int sync_after_exec;
+	int held;          /* a template boot waits for RESUME (HOLD_ROOT) */
 };
+enum { HOLD_ROOT = 1 };
 extern struct agent g;
 
 /* epoll event data: kind in the low byte, exec slot, generation in the high half. */
@@ -144,6 +149,10 @@ struct boot_times {
 	uint64_t init, modules, root;
 };
 void boot_pid1(struct boot_times *t);
+/* RESUME of a held template boot: applies the msb.* words in params over the kernel command
+ * line's and mounts the root, network and volumes; then g.held = 0. Fatal on failure, like
+ * a boot. */
+void boot_resume(const uint8_t *params, uint32_t n, struct boot_times *t);
 void boot_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Logs to the console and powers off: a boot step that cannot be completed. */
 void boot_fatal(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
@@ -189,6 +198,10 @@ void exec_kill_all(void);
 void files_on_frame(uint8_t type, uint32_t id, struct rd *r);
 int files_busy(void);
 void files_step(void);
+
+/* ---- fresh identity of a restored VM (identity.c) ---- */
+/* IDENTITY: host entropy into the kernel RNG and a reseed, the wall clock, the hostname. */
+void identity_on_frame(uint32_t id, struct rd *r);
 
 /* ---- metrics (metrics.c) ---- */
 void metrics_send(uint32_t id);

@@ -40,7 +40,11 @@ struct cmdline {
 	char dns[16];                        /* msb.dns=10.0.2.3; empty: no resolver */
 	char vols[MAX_VOLUMES][VOLUME_ARG];  /* msb.vol=TAG:ro|rw:PATH (volumes.c) */
 	int n_vols;
+	int hold;                            /* msb.template=root: wait for RESUME before the root */
 };
+
+/* The boot parameters, kept for the RESUME of a template boot. */
+static struct cmdline boot_c;
 
 static int kmsg_fd = -1;
 static int console_fd = -1;
@@ -131,32 +135,20 @@ static void copy_value(char *dst, size_t cap, const char *v)
 	dst[n] = 0;
 }
 
-static void parse_cmdline(struct cmdline *c)
+/* Applies the msb.* words of buf (split in place). With resume, only the words that may
+ * differ between a template and the sandbox restored from it are taken. */
+static void parse_words(struct cmdline *c, char *buf, int resume)
 {
-	strcpy(c->root, "/dev/vda");
-	strcpy(c->upper, "tmpfs");
-	strcpy(c->port, "msb.0");
-	strcpy(c->hostname, "localhost");
-	c->sync = 0;
-	c->net = 0;
-	c->dns[0] = 0;
-	c->n_vols = 0;
-	char buf[4096];
-	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
-	ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
-	if (fd >= 0)
-		close(fd);
-	if (n < 0)
-		fatal("read /proc/cmdline: %s", strerror(errno));
-	buf[n] = 0;
 	char *save = NULL;
 	for (char *tok = strtok_r(buf, " \t\n", &save); tok; tok = strtok_r(NULL, " \t\n", &save)) {
-		if (!strncmp(tok, "msb.root=", 9))
+		if (!resume && !strncmp(tok, "msb.root=", 9))
 			copy_value(c->root, sizeof c->root, tok + 9);
+		else if (!resume && !strncmp(tok, "msb.port=", 9))
+			copy_value(c->port, sizeof c->port, tok + 9);
+		else if (!resume && !strncmp(tok, "msb.template=", 13))
+			c->hold = !strcmp(tok + 13, "root") ? HOLD_ROOT : 0;
 		else if (!strncmp(tok, "msb.upper=", 10))
 			copy_value(c->upper, sizeof c->upper, tok + 10);
-		else if (!strncmp(tok, "msb.port=", 9))
-			copy_value(c->port, sizeof c->port, tok + 9);
 		else if (!strncmp(tok, "msb.hostname=", 13))
 			copy_value(c->hostname, sizeof c->hostname, tok + 13);
 		else if (!strncmp(tok, "msb.sync=", 9))
@@ -171,6 +163,24 @@ static void parse_cmdline(struct cmdline *c)
 			copy_value(c->vols[c->n_vols++], VOLUME_ARG, tok + 8);
 		}
 	}
+}
+
+static void parse_cmdline(struct cmdline *c)
+{
+	memset(c, 0, sizeof *c);
+	strcpy(c->root, "/dev/vda");
+	strcpy(c->upper, "tmpfs");
+	strcpy(c->port, "msb.0");
+	strcpy(c->hostname, "localhost");
+	char buf[4096];
+	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
+	if (fd >= 0)
+		close(fd);
+	if (n < 0)
+		fatal("read /proc/cmdline: %s", strerror(errno));
+	buf[n] = 0;
+	parse_words(c, buf, 0);
 }
 
 /* ---- modules ---- */
@@ -332,35 +342,66 @@ void fill_std_fds(void)
 	}
 }
 
+/* Root, network and volumes: everything after the kernel modules. */
+static void boot_rest(const struct cmdline *c, struct boot_times *t)
+{
+	mount_root(c);
+	switch_root();
+	setup_dev();
+	t->root = now_ns(CLOCK_BOOTTIME);
+
+	net_base(c->hostname);
+	if (c->net)
+		net_up(c->dns);
+	for (int i = 0; i < c->n_vols; i++) {
+		struct volume v;
+		const char *why = volume_parse(c->vols[i], &v);
+		if (why)
+			fatal("malformed msb.vol=%s (%s)", c->vols[i], why);
+		volume_mount(&v, "9p");
+	}
+}
+
+/* A template boot (msb.template=root) stops before the root is mounted, with the channel
+ * open and g.held set; the host saves the VM there, and every VM restored from it gets
+ * RESUME with its own writable layer and volumes. (Templates of ephemeral sandboxes boot
+ * normally: the host saves them after READY.) */
 void boot_pid1(struct boot_times *t)
 {
-	struct cmdline c;
+	struct cmdline *c = &boot_c;
 	mount_or_die("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
 	fill_std_fds();
 	kmsg_fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
 	console_fd = open("/dev/console", O_WRONLY | O_CLOEXEC | O_NOCTTY);
 	mount_or_die("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	mount_or_die("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
-	parse_cmdline(&c);
-	g.sync_after_exec = c.sync;
+	parse_cmdline(c);
+	g.sync_after_exec = c->sync;
 
 	load_modules();
 	t->modules = now_ns(CLOCK_BOOTTIME);
-
-	mount_root(&c);
-	switch_root();
-	setup_dev();
-	t->root = now_ns(CLOCK_BOOTTIME);
-
-	net_base(c.hostname);
-	if (c.net)
-		net_up(c.dns);
-	for (int i = 0; i < c.n_vols; i++) {
-		struct volume v;
-		const char *why = volume_parse(c.vols[i], &v);
-		if (why)
-			fatal("malformed msb.vol=%s (%s)", c.vols[i], why);
-		volume_mount(&v, "9p");
+	if (c->hold == HOLD_ROOT) {
+		open_channel(c->port);
+		g.held = HOLD_ROOT;
+		return;
 	}
-	open_channel(c.port);
+	boot_rest(c, t);
+	open_channel(c->port);
 }
+
+void boot_resume(const uint8_t *params, uint32_t n, struct boot_times *t)
+{
+	char buf[4096];
+	if (g.held == HOLD_ROOT) {
+		if (n >= sizeof buf)
+			fatal("RESUME parameters longer than %zu bytes", sizeof buf - 1);
+		memcpy(buf, params, n);
+		buf[n] = 0;
+		boot_c.n_vols = 0;
+		parse_words(&boot_c, buf, 1);
+		g.sync_after_exec = boot_c.sync;
+		boot_rest(&boot_c, t);
+	}
+	g.held = 0;
+}
+

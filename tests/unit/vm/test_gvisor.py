@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ConfigError
-from engine.sandbox.engine import check_layer_format
+from engine.sandbox.bootparts import check_layer_format
 from engine.sandbox.spec import VolumeMount
 from engine.vm.backend import VmSpec
 from engine.vm.gvisor import AGENT_IN_GUEST, container_id, oci_config, runsc_argv
