@@ -25,7 +25,15 @@ from engine.vm.agent import AgentClient
 from engine.vm.backend import VmBackend, VmHandle, VmSpec
 from engine.vm.protocol import PROTOCOL_VERSION, Ready
 from engine.vm.snapshot import save_state
-from engine.vm.template import Template, TemplateStore, resume_params, stage_for, template_key, template_spec
+from engine.vm.template import (
+    Template,
+    TemplateStore,
+    restore_spec,
+    resume_params,
+    stage_for,
+    template_key,
+    template_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +176,7 @@ class Restorer:
             VmError: QEMU could not load the template (the caller discards it).
             BootError, ProtocolError: the guest did not come up or refused its identity.
         """
-        rspec = spec.model_copy(update={"memory_file": template.ram, "memory_shared": False,
-                                        "incoming": template.state})  # fmt: skip
-        vm = await self.backend.launch(rspec)
+        vm = await self.backend.launch(restore_spec(spec, template))
         client = AgentClient(vm.channel)
         try:
             identity = identify(client, spec.name)
@@ -179,13 +185,10 @@ class Restorer:
                 ready = Ready(id=0, version=PROTOCOL_VERSION, agent_version=template.agent_version,
                               timings_ns=template.ready_timings_ns)  # fmt: skip
                 return vm, client, ready
-            pending = asyncio.ensure_future(identity)  # the agent takes IDENTITY before RESUME
-            try:
-                await client.resume(resume_params(spec))
-                ready = await race(vm, client.wait_ready(), deadline, "resuming from its template", spec.name)
-                await race(vm, pending, deadline, "taking its identity", spec.name)
-            finally:
-                pending.cancel()
+            # IDENTITY first and confirmed: the root is mounted with the sandbox's own entropy
+            await race(vm, identity, deadline, "taking its identity", spec.name)
+            await client.resume(resume_params(spec))
+            ready = await race(vm, client.wait_ready(), deadline, "resuming from its template", spec.name)
             return vm, client, ready
         except BaseException:
             await vm.kill()

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, ProtocolError
 from engine.sandbox.instant import StartInfo, identify
 from engine.sandbox.metrics import process_pss_mib
 from engine.sandbox.sandbox import Sandbox, Status
@@ -185,15 +185,20 @@ class WarmPool:
                 sb = member.sandbox
                 try:
                     await asyncio.wait_for(identify(sb.client, spec.name), TAKE_IDENTITY_S)
+                except asyncio.CancelledError:
+                    await asyncio.shield(sb.kill())  # popped: nobody else would ever stop it
+                    raise
                 except Exception as exc:
-                    if sb.start_info.kind == "restore" or not self._alive(member):
-                        # restored from a shared template: never hand it out without its own identity
-                        log.warning("pool %s: a member refused its identity (%s); replaced", slot.shape.label, exc)
+                    refused = isinstance(exc, ProtocolError) and sb.client.dead is None
+                    if sb.start_info.kind == "restore" or not refused or not self._alive(member):
+                        # restored from a shared template: never handed out without its own
+                        # identity; nor is any member that did not answer at all
+                        log.warning("pool %s: a member failed its identity (%s); replaced", slot.shape.label, exc)
                         slot.replaced += 1
                         await sb.kill()
                         continue
-                    # a booted member shares nothing with others; gVisor lets it keep the name
-                    # it booted with (its sandbox may not set the hostname)
+                    # a booted member that refused shares nothing with others (gVisor's agent
+                    # takes no identity): it keeps the hostname it booted with
                     log.debug("pool %s: member keeps its hostname: %s", slot.shape.label, exc)
                 sb.spec = spec
                 sb.start_info = StartInfo(kind="pool", ms=(time.perf_counter() - t0) * 1000,
@@ -250,39 +255,51 @@ class WarmPool:
         while not self._closed:
             await slot.wake.wait()
             slot.wake.clear()
-            for m in [m for m in slot.members if m.sandbox.status is not Status.RUNNING or m.sandbox.vm.exited()]:
-                slot.members.remove(m)
-                slot.replaced += 1
-                log.warning("pool %s: a member died while idle; replacing it", slot.shape.label)
-                await m.sandbox.kill()
-            while len(slot.members) + slot.starting < slot.shape.size and self._room_for(slot):
-                slot.starting += 1
-                try:
-                    member = await self._new_member(slot)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    slot.failures += 1
-                    delay = min(RETRY_MAX_S, 0.5 * 2**slot.failures)
-                    log.warning("pool %s: starting a member failed (%s); retrying in %.0f s", slot.shape.label,
-                                str(exc).splitlines()[0], delay)  # fmt: skip
-                    await asyncio.sleep(delay)
-                    slot.wake.set()
-                    break
-                finally:
-                    slot.starting -= 1
-                slot.failures = 0
-                if self._closed:
-                    await member.sandbox.kill()
-                    return
-                slot.members.append(member)
-                self._member_cost(member, slot)
-                watcher = asyncio.create_task(self._watch(slot, member))
-                slot.watchers.add(watcher)
-                watcher.add_done_callback(slot.watchers.discard)
-            if slot.limited and len(slot.members) < slot.shape.size:
-                await asyncio.sleep(5)  # memory may free up
+            try:
+                await self._refill_once(slot)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug of ours: log it, keep refilling
+                log.exception("pool %s: refilling failed", slot.shape.label)
+                await asyncio.sleep(1)
                 slot.wake.set()
+
+    async def _refill_once(self, slot: _Slot) -> None:
+        dead = [m for m in slot.members if not self._alive(m)]
+        for m in dead:  # all removed before any await: take() and _watch() change the list too
+            slot.members.remove(m)
+        for m in dead:
+            slot.replaced += 1
+            log.warning("pool %s: a member died while idle; replacing it", slot.shape.label)
+            await m.sandbox.kill()
+        while len(slot.members) + slot.starting < slot.shape.size and self._room_for(slot):
+            slot.starting += 1
+            try:
+                member = await self._new_member(slot)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                slot.failures += 1
+                delay = min(RETRY_MAX_S, 0.5 * 2**slot.failures)
+                log.warning("pool %s: starting a member failed (%s); retrying in %.0f s", slot.shape.label,
+                            str(exc).splitlines()[0], delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                slot.wake.set()
+                break
+            finally:
+                slot.starting -= 1
+            slot.failures = 0
+            if self._closed:
+                await member.sandbox.kill()
+                return
+            slot.members.append(member)
+            self._member_cost(member, slot)
+            watcher = asyncio.create_task(self._watch(slot, member))
+            slot.watchers.add(watcher)
+            watcher.add_done_callback(slot.watchers.discard)
+        if slot.limited and len(slot.members) < slot.shape.size:
+            await asyncio.sleep(5)  # memory may free up
+            slot.wake.set()
 
     async def _new_member(self, slot: _Slot) -> Member:
         self._seq += 1

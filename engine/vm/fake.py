@@ -99,7 +99,8 @@ class FakeVm:
     """A running fake VM (implements :class:`~engine.vm.backend.VmHandle`).
 
     Attributes:
-        guest: the agent, for tests to inspect or steer (``cpu_load``, ``execs``).
+        guest: the agent, for tests to inspect or steer (``cpu_load``, ``execs``,
+            ``identities``, ``refuse_identity``); :meth:`crash` makes the VM die.
         root: the directory standing for the guest's ``/`` (removed when the VM ends).
         spec: what it was launched with.
         volumes, ports, network: the spec's, recorded for tests of the layers above. Volumes
@@ -132,6 +133,11 @@ class FakeVm:
         self._serve = asyncio.create_task(
             guest.serve(self._to_guest.reader, self._guest_send, self._die), name=f"fake-guest-{spec.name}"
         )
+
+    @property
+    def hostname(self) -> str:
+        """The guest's hostname: the spec's name at boot, then what IDENTITY or RESUME set."""
+        return self.guest.hostname
 
     def console(self, line: str) -> None:
         """Append a line to the fake serial console."""
@@ -215,7 +221,8 @@ class FakeBackend:
         self.vms: list[FakeVm] = []
 
     async def launch(self, spec: VmSpec) -> FakeVm:
-        """Start a fake VM; its guest sends READY at once (unless told not to).
+        """Start a fake VM; its guest sends READY at once (unless told not to), or HELD for a
+        ``template_stage="root"`` spec.
 
         Raises:
             ConfigError: ``misbehave`` is unknown, or volumes or ports the QEMU backend would
@@ -229,7 +236,7 @@ class FakeBackend:
         try:
             guest = FakeGuest(
                 root, misbehave=self.misbehave, cpus=spec.cpus, memory_mib=spec.memory_mib, clock=self.clock,
-                volumes=spec.volumes,
+                volumes=spec.volumes, hostname=spec.name[:63], hold=spec.template_stage == "root",
             )  # fmt: skip
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)

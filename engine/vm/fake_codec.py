@@ -8,6 +8,7 @@ speaks through it, and the protocol tests use it to build round trips for every 
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -102,6 +103,11 @@ def log(message: bytes) -> bytes:
     return frame(T.LOG, 0, _b(message))
 
 
+def held(*, version: int = PROTOCOL_VERSION, agent_version: bytes = b"fake", stage: bytes = b"root") -> bytes:
+    """Return a whole HELD frame (id 0): a template boot waiting for RESUME at ``stage``."""
+    return frame(T.HELD, 0, struct.pack(">I", version) + _b(agent_version) + _b(stage))
+
+
 # ---------------------------------------------------------------- decoding (host → guest)
 
 
@@ -129,7 +135,9 @@ class HostFrame:
     Only the fields that belong to ``kind`` are set: ``data`` (STDIN, FILE_DATA, PING),
     ``exec`` (EXEC), ``rows``/``cols`` (RESIZE), ``signo``/``group`` (SIGNAL), ``count``
     (ACK), ``max_bytes``/``path`` (FILE_READ), ``mode``/``flags``/``path`` (FILE_WRITE),
-    ``path`` (FILE_STAT, FILE_LIST).
+    ``path`` (FILE_STAT, FILE_LIST), ``entropy``/``realtime_ns``/``hostname`` (IDENTITY),
+    ``params`` (RESUME). Only the structure is checked here; what the values may be (entropy
+    and hostname lengths, a NUL in ``params``) is the guest's to judge.
     """
 
     kind: T
@@ -145,6 +153,10 @@ class HostFrame:
     mode: int = 0
     flags: int = 0
     path: bytes = b""
+    entropy: bytes = b""
+    realtime_ns: int = 0
+    hostname: bytes = b""
+    params: bytes = b""
 
 
 _RAW = {T.STDIN, T.FILE_DATA, T.PING}
@@ -200,7 +212,29 @@ def decode_host_frame(kind: int, fid: int, body: bytes) -> HostFrame:
         out = HostFrame(t, fid, mode=r.u32(), flags=r.u8(), path=r.bytes_())
     elif t in (T.FILE_STAT, T.FILE_LIST):
         out = HostFrame(t, fid, path=r.bytes_())
+    elif t == T.IDENTITY:
+        out = HostFrame(t, fid, entropy=r.bytes_(), realtime_ns=r.u64(), hostname=r.bytes_())
+    elif t == T.RESUME:
+        out = HostFrame(t, fid, params=r.bytes_())
     elif t not in _EMPTY:
         raise ProtocolError(f"frame type 0x{kind:02x} is not sent by the host")
     r.done()
     return out
+
+
+_HOSTNAME = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+
+
+def identity_problem(f: HostFrame) -> str | None:
+    """What the C agent (identity.c) finds wrong with a decoded IDENTITY, or None.
+
+    Checked in its order: entropy of 32–512 bytes, a hostname of 1–64 ``[A-Za-z0-9._-]``, a
+    request id other than 0.
+    """
+    if not 32 <= len(f.entropy) <= 512:
+        return "entropy must be 32-512 bytes"
+    if not _HOSTNAME.fullmatch(f.hostname):
+        return "hostname must be 1-64 of [A-Za-z0-9._-]"
+    if not f.id:
+        return "request id 0"
+    return None

@@ -7,9 +7,9 @@ directory that stands for ``/``, and metrics are synthetic but move over time.
 
 Only the FILE_* requests and the working directory are confined to that directory (FILE_*
 paths under a volume's guest path reach its host directory instead; a read-only volume refuses
-writes with EROFS). Commands
-are ordinary host processes of the current user: an absolute path in a command reaches the
-host's files. This is a test double, never a sandbox; give it trusted commands only.
+writes with EROFS). Commands are ordinary host processes of the current user: an absolute path
+in a command reaches the host's files. This is a test double, never a sandbox; give it trusted
+commands only.
 
 It can also misbehave on purpose, to test the host's defences (``misbehave=``):
 
@@ -21,13 +21,19 @@ It can also misbehave on purpose, to test the host's defences (``misbehave=``):
 - ``"die_mid_exec"``: an EXEC starts, prints a little, then the VM dies (channel closed,
   VM exit status 1, a kernel panic on the console).
 - ``"never_ready"``: READY is never sent.
-- ``"wrong_version"``: READY claims protocol version 2.
+- ``"wrong_version"``: READY (or HELD) claims protocol version 2.
+- ``"refuse_identity"``: IDENTITY gets RESULT ``EPERM`` (as :attr:`FakeGuest.refuse_identity`).
+
+IDENTITY is checked as the C agent checks it and recorded (:attr:`FakeGuest.identities`,
+:attr:`FakeGuest.hostname`). With ``hold=True`` (a ``msb.template=root`` boot) the guest sends
+HELD instead of READY and serves only IDENTITY, RESUME, PING and SHUTDOWN until RESUME.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import random
 import signal
@@ -39,13 +45,12 @@ from pathlib import Path
 from engine.errors import ConfigError, ProtocolError
 from engine.sandbox.spec import VolumeMount
 from engine.vm import fake_codec as enc
-from engine.vm.fake_codec import HostFrame, decode_host_frame
+from engine.vm.fake_codec import HostFrame, decode_host_frame, identity_problem
 from engine.vm.fake_exec import FakeExec, confine_mounted
 from engine.vm.protocol import CHUNK, HEADER, MAX_FRAME_LEN, T
 
-MISBEHAVIOURS = frozenset(
-    {"oversized_frame", "garbage", "ignore_window", "bad_exit", "die_mid_exec", "never_ready", "wrong_version"}
-)
+MISBEHAVIOURS = frozenset({"oversized_frame", "garbage", "ignore_window", "bad_exit", "die_mid_exec", "never_ready",
+                           "wrong_version", "refuse_identity"})  # fmt: skip
 CLK_TCK = 100
 BOOT_S = 0.9
 """Pretend boot time, in seconds: uptime and CPU ticks count from here, so the first
@@ -54,6 +59,8 @@ LIST_BATCH = 2000
 """Entries per LIST_RESULT frame (each ≤ 283 bytes, so a frame stays well under 1 MiB)."""
 _REQUESTS = {T.EXEC, T.FILE_READ, T.FILE_WRITE, T.FILE_STAT, T.FILE_LIST, T.METRICS, T.PING}
 _EXEC_FRAMES = {T.STDIN, T.STDIN_EOF, T.RESIZE, T.SIGNAL, T.ACK}
+_HELD_SERVES = {T.IDENTITY, T.RESUME, T.PING, T.SHUTDOWN}
+_HELD_EAGAIN = _REQUESTS - {T.PING}
 
 
 class FakeGuest:
@@ -63,6 +70,12 @@ class FakeGuest:
         cpu_load: fraction of the vCPUs busy (0…1) reported by METRICS; ``None`` means
             "automatic" (idle plus a share per running command). Tests set it.
         execs: running commands by EXEC id.
+        hostname: the guest's hostname (``msb.hostname=`` at boot, then IDENTITY or RESUME).
+        identities: every IDENTITY frame accepted (``entropy``, ``realtime_ns``, ``hostname``).
+        refuse_identity, answer_identity: tests set them to answer IDENTITY with ``EPERM`` (as
+            if an RNG ioctl failed) or, when False, not at all (a hung guest).
+        held: a template boot waiting for RESUME (HELD was sent instead of READY).
+        resume_params: the boot words of the RESUME that ended the hold, if any.
     """
 
     def __init__(
@@ -75,6 +88,8 @@ class FakeGuest:
         clock: Callable[[], float] = time.monotonic,
         seed: int = 0,
         volumes: tuple[VolumeMount, ...] = (),
+        hostname: str = "localhost",
+        hold: bool = False,
     ) -> None:
         """Args:
         root: directory that stands for the guest's ``/`` (must exist).
@@ -83,6 +98,8 @@ class FakeGuest:
         clock: monotonic seconds, for uptime and CPU ticks (tests pass a fake one).
         seed: seeds the ``"garbage"`` bytes.
         volumes: host directories visible to FILE_* requests at their guest paths.
+        hostname: the hostname it boots with.
+        hold: boot as a template (``msb.template=root``): HELD, then wait for RESUME.
 
         Raises:
             ConfigError: ``misbehave`` is not a known misbehaviour.
@@ -95,6 +112,13 @@ class FakeGuest:
         self.cpus, self.memory_mib = cpus, memory_mib
         self.cpu_load: float | None = None
         self.execs: dict[int, FakeExec] = {}
+        self.hostname = hostname
+        self.identities: list[HostFrame] = []
+        self.refuse_identity = misbehave == "refuse_identity"
+        self.answer_identity = True
+        self._proto = 2 if misbehave == "wrong_version" else 1
+        self.held = hold
+        self.resume_params: str | None = None
         self._uploads: dict[int, list[int]] = {}  # id → [fd, first errno]
         self._clock = clock
         self._rng = random.Random(seed)
@@ -122,11 +146,10 @@ class FakeGuest:
             die: ends the VM with an exit status and a last console line (SHUTDOWN, a crash).
         """
         self._send, self._die = send, die
-        if self.misbehave != "never_ready":
-            version = 2 if self.misbehave == "wrong_version" else 1
-            ns = int(BOOT_S * 1e9)
-            points = [(b"init", ns // 3), (b"modules", ns // 2), (b"root", ns * 3 // 4), (b"ready", ns)]
-            send(enc.ready(version=version, agent_version=b"fake-1", timings=points))
+        if self.held:
+            send(enc.held(version=self._proto, agent_version=b"fake-1"))
+        elif self.misbehave != "never_ready":
+            self._ready()
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
                 length, kind, _flags, _res, fid = HEADER.unpack(await inbox.readexactly(HEADER.size))
@@ -136,8 +159,9 @@ class FakeGuest:
                 body = await inbox.readexactly(length - 8)
                 try:
                     frame = decode_host_frame(kind, fid, body)
-                except ProtocolError as exc:
-                    send(enc.log(f"dropping a bad frame: {exc}".encode()))
+                except ProtocolError as exc:  # the C agent answers a bad IDENTITY as it does a refused one
+                    send(enc.result(fid, errno.EINVAL, f"IDENTITY: {exc}".encode()) if kind == T.IDENTITY and fid
+                         else enc.log(f"dropping a bad frame: {exc}".encode()))  # fmt: skip
                     continue
                 await self._handle(frame)
 
@@ -154,10 +178,28 @@ class FakeGuest:
             os.close(fd)
         self._uploads.clear()
 
+    def _ready(self) -> None:
+        ns = int(BOOT_S * 1e9)
+        points = [(b"init", ns // 3), (b"modules", ns // 2), (b"root", ns * 3 // 4), (b"ready", ns)]
+        self._send(enc.ready(version=self._proto, agent_version=b"fake-1", timings=points))
+
+    def _bad(self, f: HostFrame, why: str) -> None:
+        self._send(enc.log(f"invalid frame type 0x{f.kind:02x} id {f.id} dropped: {why}".encode()))
+
     async def _handle(self, f: HostFrame) -> None:
+        if self.held and f.kind not in _HELD_SERVES:  # nothing runs in a held template
+            if f.id and f.kind in _HELD_EAGAIN:
+                self._send(enc.result(f.id, errno.EAGAIN, b"the agent is held (a template boot): RESUME it first"))
+            else:
+                self._bad(f, "the agent is held (a template boot)")
+            return
         if f.kind in _REQUESTS and await self._misbehave(f):
             return
-        if f.kind == T.EXEC:
+        if f.kind == T.IDENTITY:
+            self._identity(f)
+        elif f.kind == T.RESUME:
+            self._resume(f)
+        elif f.kind == T.EXEC:
             await self._exec(f)
         elif f.kind in _EXEC_FRAMES:
             if (e := self.execs.get(f.id)) is not None:
@@ -194,6 +236,35 @@ class FakeGuest:
             assert self._die is not None
             await self._die(1, "Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b")
         return True
+
+    # ------------------------------------------------------------------ identity, hold
+
+    def _identity(self, f: HostFrame) -> None:
+        """Validate as identity.c does; EINVAL (or a LOG for id 0) names what is wrong."""
+        if (why := identity_problem(f)) is not None:
+            if f.id:
+                self._send(enc.result(f.id, errno.EINVAL, f"IDENTITY: {why}".encode()))
+            else:
+                self._bad(f, why)
+        elif not self.answer_identity:
+            return
+        elif self.refuse_identity:
+            self._send(enc.result(f.id, errno.EPERM, b"RNDADDENTROPY: Operation not permitted (fake refusal)"))
+        else:
+            self.hostname = f.hostname.decode()
+            self.identities.append(f)
+            self._send(enc.result(f.id))
+
+    def _resume(self, f: HostFrame) -> None:
+        if b"\0" in f.params:
+            self._bad(f, "NUL byte in the parameters")
+        elif not self.held:
+            self._bad(f, "the agent is not held (not a template boot)")
+        else:
+            self.resume_params = f.params.decode("utf-8", "replace")
+            words = dict(w.split("=", 1) for w in self.resume_params.split() if "=" in w)
+            self.hostname, self.held = words.get("msb.hostname", self.hostname).strip('"'), False
+            self._ready()
 
     # ------------------------------------------------------------------ exec
 

@@ -138,9 +138,11 @@ class TemplateStore:
         d = self.root / key
         try:
             meta = json.loads((d / "meta.json").read_text())
-            tpl = Template(dir=d, **meta)
+            if not isinstance(meta, dict):
+                raise ValueError("meta.json is not an object")
+            tpl = Template.model_validate({**meta, "dir": d})
             ok = tpl.key == key and tpl.ram.stat().st_size == tpl.memory_mib << 20 and tpl.state.stat().st_size > 0
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
             ok, tpl = False, None
         if not ok or tpl is None:
             if d.exists():
@@ -192,6 +194,7 @@ class TemplateStore:
             entries = [d for d in self.root.iterdir() if d.is_dir() and d.name != keep]
         except OSError:
             return
+        kept = 0
         now = time.time()
 
         def used(d: Path) -> float:
@@ -201,9 +204,11 @@ class TemplateStore:
                 return d.stat().st_mtime
 
         entries.sort(key=used, reverse=True)
-        for i, d in enumerate(entries):
+        for d in entries:
             building = d.name.startswith(".build-")
             old = now - used(d) > (3600 if building else KEEP_DAYS * 86400)
-            if old or (not building and i >= KEEP_MAX):
+            if not building and not old:
+                kept += 1
+            if old or (not building and kept > KEEP_MAX):
                 shutil.rmtree(d, ignore_errors=True)
                 (self.root / f"{d.name}.lock").unlink(missing_ok=True)

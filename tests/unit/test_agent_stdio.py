@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socket
 import stat
 import struct
 import subprocess
@@ -33,10 +34,10 @@ KEEP = 0xFFFFFFFF
 # host -> guest
 EXEC, STDIN, STDIN_EOF, RESIZE, SIGNAL, ACK = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
 FILE_READ, FILE_WRITE, FILE_DATA, FILE_CLOSE, FILE_STAT, FILE_LIST = 0x10, 0x11, 0x12, 0x13, 0x14, 0x15
-METRICS, SHUTDOWN, PING = 0x20, 0x21, 0x22
+METRICS, SHUTDOWN, PING, IDENTITY, RESUME = 0x20, 0x21, 0x22, 0x23, 0x24
 # guest -> host
 READY, STARTED, STDOUT, STDERR, EXIT = 0x40, 0x41, 0x42, 0x43, 0x44
-RESULT, STAT_RESULT, LIST_RESULT, METRICS_RESULT, PONG, LOG = 0x46, 0x47, 0x48, 0x49, 0x4A, 0x4B
+RESULT, STAT_RESULT, LIST_RESULT, METRICS_RESULT, PONG, LOG, HELD = 0x46, 0x47, 0x48, 0x49, 0x4A, 0x4B, 0x4C
 
 
 # ---- encoding ----
@@ -669,3 +670,78 @@ async def test_limits(agent):
         t, i, _ = await agent.recv()
         assert t == EXIT
         exited.add(i)
+
+
+# ---- IDENTITY and RESUME outside a VM: the agent must refuse to touch the host's clock, RNG
+# and name (these tests run as whatever user runs the suite, root included) ----
+
+
+def identity_body(entropy: bytes = b"\x5a" * 32, hostname: bytes | str = "msb-test-identity") -> bytes:
+    # The current time: were the refusal ever broken, the host's clock would not move.
+    return bts(entropy) + struct.pack(">Q", time.time_ns()) + bts(hostname)
+
+
+class HostnameGuard:
+    """Fails the test if the host's hostname changed, after putting it back."""
+
+    def __enter__(self) -> HostnameGuard:
+        self.before = socket.gethostname()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        after = socket.gethostname()
+        if after != self.before:
+            socket.sethostname(self.before)
+            raise AssertionError(f"the agent renamed the host to {after!r} (restored {self.before!r})")
+
+
+@agent_test
+async def test_identity_is_refused_under_plain_serve_stdio(agent):
+    with HostnameGuard():
+        agent.send(IDENTITY, 1, identity_body())
+        err, msg = await agent.expect_result(1)
+        assert err == errno.EINVAL and "only the init of a VM" in msg, msg
+        await agent.ping(2)
+    assert agent.logs == []
+
+
+@agent_test
+async def test_malformed_identity_gets_einval_naming_the_problem(agent):
+    good = identity_body()
+    cases = [
+        (good[:-3], "body too short"),
+        (good + b"x", "trailing bytes"),
+        (identity_body(entropy=b"e" * 31), "entropy must be 32-512 bytes"),
+        (identity_body(entropy=b"e" * 513), "entropy must be 32-512 bytes"),
+        (identity_body(hostname=""), "hostname must be 1-64"),
+        (identity_body(hostname="h" * 65), "hostname must be 1-64"),
+        (identity_body(hostname="bad name"), "hostname must be 1-64"),
+        (identity_body(hostname="a/b"), "hostname must be 1-64"),
+        (identity_body(hostname=b"nul\0"), "hostname must be 1-64"),
+    ]
+    with HostnameGuard():
+        for k, (body, why) in enumerate(cases, start=1):
+            agent.send(IDENTITY, k, body)
+            err, msg = await agent.expect_result(k)
+            assert err == errno.EINVAL and msg.startswith("IDENTITY: ") and why in msg, (k, msg)
+        # id 0 gets no RESULT (nothing could carry it back), only a LOG
+        agent.send(IDENTITY, 0, good)
+        agent.send(IDENTITY, 0, good[:-1])
+        await agent.ping(100)
+    assert len(agent.logs) == 2 and "request id 0" in agent.logs[0], agent.logs
+
+
+@agent_test
+async def test_resume_when_not_held_is_logged_and_the_agent_keeps_serving(agent):
+    with HostnameGuard():
+        agent.send(RESUME, 0, bts("msb.upper=tmpfs msb.hostname=msb-must-not-be-set"))
+        await agent.ping(1)  # a PONG, not a READY: nothing was resumed
+        assert len(agent.logs) == 1 and "not held" in agent.logs[0], agent.logs
+        agent.send(RESUME, 7, bts("msb.hostname=x")[:-1])  # truncated
+        agent.send(RESUME, 8, bts("msb.hostname=x") + b"!")  # trailing bytes
+        agent.send(RESUME, 9, bts("msb.hostname=x\0y"))  # NUL inside
+        await agent.ping(2)
+        assert len(agent.logs) == 4, agent.logs
+        assert "NUL" in agent.logs[3]
+        r = await run_exec(agent, 3, ["echo", "still serving"])
+        assert r.stdout == b"still serving\n"

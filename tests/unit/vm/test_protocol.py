@@ -216,7 +216,7 @@ def test_out_of_range_values_are_protocol_errors(raw: bytes) -> None:
         decode(raw)
 
 
-@pytest.mark.parametrize("kind", [0x00, int(T.EXEC), int(T.PING), 0x45, 0x4C, 0xFF])
+@pytest.mark.parametrize("kind", [0x00, int(T.EXEC), int(T.PING), 0x45, 0x4D, 0xFF])
 def test_unknown_or_host_only_types_are_protocol_errors(kind: int) -> None:
     with pytest.raises(ProtocolError, match="unknown frame type"):
         p.decode_guest_frame(kind, 1, b"")
