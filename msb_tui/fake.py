@@ -1,6 +1,8 @@
 """An in-memory :class:`~msb_tui.workbench.Workbench` for tests and snapshots.
 
 Deterministic: no clocks, no randomness; metrics advance only when :meth:`tick` is called.
+``api`` runs, restored from a template in 84 ms; a sandbox started here reports a cold boot
+of :data:`FAKE_BOOT_MS`.
 Each behaviour a screen must handle can be switched on: ``fail`` makes a named method raise
 an :class:`~engine.errors.MsbError` with a hint; ``delay`` makes every call wait on an
 event the test sets (the "loading" state).
@@ -20,10 +22,13 @@ from msb_tui.workbench import ImageRow, LayerProgress, ProgressCallback, Sandbox
 
 DEFAULT_SANDBOXES = [
     SandboxRow(name="api", image="microsandbox/python", status="running", backend="qemu", accel="tcg", uptime_s=754.0,
-               cpu_percent=12.5, memory_mib=88.0, disk_bytes=3 << 20, command=["python3", "-m", "http.server"]),
+               cpu_percent=12.5, memory_mib=88.0, disk_bytes=3 << 20, command=["python3", "-m", "http.server"],
+               started_by="restore", start_ms=84.0),
     SandboxRow(name="db", image="busybox", status="stopped", message="stopped by request"),
     SandboxRow(name="worker", image="microsandbox/node", status="crashed", message="the VM exited unexpectedly"),
 ]  # fmt: skip
+FAKE_BOOT_MS = 1120.0
+"""How long a start through the fake takes (reported as a cold boot: ``boot 1.1s``)."""
 FAKE_BACKEND = "QEMU/TCG"
 """The fake's backend in force (its running sandboxes are on QEMU/TCG, like this host without KVM)."""
 DEFAULT_IMAGES = [
@@ -142,13 +147,15 @@ class FakeWorkbench:
         await self._enter("start", name)
         row = self._row(name)
         row.status, row.backend, row.accel, row.uptime_s = "running", "qemu", "tcg", 0.0
-        self._row(name).cpu_percent, self._row(name).memory_mib, self._row(name).message = 0.0, 64.0, None
+        row.cpu_percent, row.memory_mib, row.message = 0.0, 64.0, None
+        row.started_by, row.start_ms = "boot", FAKE_BOOT_MS
 
     async def stop(self, name: str) -> None:
         await self._enter("stop", name)
         row = self._row(name)
         row.status, row.message, row.uptime_s, row.cpu_percent, row.memory_mib = "stopped", "stopped by request", \
             None, None, None  # fmt: skip
+        row.started_by, row.start_ms = None, None
 
     async def shell(self, name: str, rows: int, cols: int) -> FakeShell:
         await self._enter("shell", name)

@@ -21,7 +21,7 @@ from engine.project.control import ControlError, RemoteProcess, StreamingProcess
 from engine.project.runtime import Project, SandboxDir
 from engine.project.sandboxfile import Sandboxfile
 from engine.repl.models import ReplResult
-from msb_tui.workbench import ImageRow, LayerProgress, ProgressCallback, SandboxRow, backend_summary
+from msb_tui.workbench import ImageRow, LayerProgress, ProgressCallback, SandboxRow, backend_summary, start_of
 
 STATUS_TIMEOUT_S = 5.0
 LOG_POLL_S = 0.25
@@ -131,11 +131,15 @@ class LocalWorkbench:
         row = SandboxRow(name=sdir.name, image=image, status=st.status, backend=st.backend if running else None,
                          accel=st.accel if running else None, command=st.command if running else None,
                          message=st.message if not running else None, defined=defined)  # fmt: skip
+        if running:  # a newer supervisor records how it started in state.json (and says so live)
+            row.started_by, row.start_ms = start_of(st.model_dump())
         if running and st.socket:
             with contextlib.suppress(ControlError):
                 live = await request(Path(st.socket), {"op": "status"}, timeout=STATUS_TIMEOUT_S)
                 row.uptime_s, row.cpu_percent = live.get("uptime_s"), live.get("cpu_percent")
                 row.memory_mib, row.disk_bytes = live.get("memory_mib"), live.get("disk_bytes")
+                if "started_by" in live:
+                    row.started_by, row.start_ms = start_of(live)
         return row
 
     async def start(self, name: str) -> None:

@@ -17,7 +17,7 @@ from engine.client.rpc import RpcClient, resolve_api_key, resolve_server_url
 from engine.errors import MsbError
 from engine.project.control import StreamingProcess
 from engine.repl.models import ReplResult
-from msb_tui.workbench import ImageRow, ProgressCallback, SandboxRow, backend_summary
+from msb_tui.workbench import ImageRow, ProgressCallback, SandboxRow, backend_summary, start_of
 
 METHOD_NOT_FOUND = -32601
 CALL_TIMEOUT_S = 60.0
@@ -71,16 +71,20 @@ class RemoteWorkbench:
         return await self.rpc.call(method, {"namespace": self.namespace, **params}, timeout=timeout)
 
     async def sandboxes(self) -> list[SandboxRow]:
+        """The namespace's sandboxes from ``sandbox.metrics.get``, whose items carry what
+        ``sandbox.list``'s do for the table (``started_by``/``start_ms`` too, from a server
+        that has them: None otherwise)."""
         result = await self._call("sandbox.metrics.get", {})
         rows = []
         for item in result.get("sandboxes", []) if isinstance(result, dict) else []:
             running = bool(item.get("running"))
+            started_by, start_ms = start_of(item) if running else (None, None)
             rows.append(SandboxRow(
                 name=str(item.get("name")), status="running" if running else "stopped",
                 backend=item.get("backend") if running else None, accel=item.get("accel") if running else None,
                 cpu_percent=item.get("cpu_usage") if running else None,
                 memory_mib=item.get("memory_usage") if running else None,
-                disk_bytes=item.get("disk_usage"),
+                disk_bytes=item.get("disk_usage"), started_by=started_by, start_ms=start_ms,
             ))  # fmt: skip
         self._rows = rows
         return rows

@@ -14,9 +14,9 @@ called from Textual workers, so a slow VM boot never blocks the UI.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from pydantic import BaseModel, Field
 
@@ -25,6 +25,8 @@ from engine.repl.models import ReplResult
 from engine.vm.select import backend_label
 
 SandboxStatus = Literal["running", "starting", "stopping", "stopped", "crashed"]
+StartedBy = Literal["pool", "restore", "boot"]
+"""How a sandbox started: taken from a warm pool, restored from a saved VM template, or a cold boot."""
 
 
 class SandboxRow(BaseModel):
@@ -44,6 +46,7 @@ class SandboxRow(BaseModel):
         if self.status != "running" or not (self.backend or self.accel):
             return None
         return backend_label(self.backend or "qemu", self.accel)  # an older supervisor: QEMU was all there was
+
     uptime_s: float | None = None
     cpu_percent: float | None = Field(default=None, ge=0)
     """CPU use over the last interval, % of one CPU."""
@@ -56,6 +59,28 @@ class SandboxRow(BaseModel):
     """Why it stopped or crashed."""
     defined: bool = True
     """Defined in the Sandboxfile (``False``: running but no longer in the file)."""
+    started_by: StartedBy | None = None
+    """How it started (``"pool"``, ``"restore"``, ``"boot"``); None when stopped or unknown."""
+    start_ms: float | None = Field(default=None, ge=0)
+    """Milliseconds from the start request to ready; None when stopped or unknown."""
+
+
+def start_of(source: Mapping[str, Any]) -> tuple[StartedBy | None, float | None]:
+    """``(started_by, start_ms)`` for a :class:`SandboxRow` from an engine's answer (a server's
+    list item, a supervisor's status), each None when absent or not understood: an older engine
+    has neither, and a kind this TUI does not know must not fail the whole list.
+
+    Args:
+        source: The answer, read with ``.get``.
+
+    Returns:
+        How it started and in how many milliseconds.
+    """
+    kind, ms = source.get("started_by"), source.get("start_ms")
+    known: StartedBy | None = kind if kind in get_args(StartedBy) else None
+    if isinstance(ms, bool) or not isinstance(ms, int | float) or not ms >= 0:  # NaN is not >= 0 either
+        return known, None
+    return known, float(ms)
 
 
 def backend_summary(choice: str | None, rows: list[SandboxRow]) -> str | None:

@@ -24,7 +24,7 @@ from textual.worker import Worker
 
 from msb_tui.messages import SandboxesFailed, SandboxesFetched
 from msb_tui.widgets.error_panel import ErrorPanel
-from msb_tui.widgets.sandbox_table import SandboxRows, SandboxTable
+from msb_tui.widgets.sandbox_table import SandboxRows, SandboxTable, format_ms
 from msb_tui.workbench import SandboxRow, Workbench
 
 if TYPE_CHECKING:
@@ -41,17 +41,31 @@ TCG_WARNING = "⚠ QEMU does not treat TCG as a security boundary: prefer gVisor
 
 
 def describe(row: SandboxRow) -> str:
-    """One line about a sandbox for the detail bar: its command, or why it stopped."""
+    """One line about a sandbox for the detail bar: how it started and its command, or why it
+    stopped."""
     parts = [row.name, row.image or "no image"]
+    started = started_line(row)
+    if started:
+        parts.append(started)
     if row.status == "running" and row.command:
         parts.append("$ " + " ".join(row.command))
     elif row.message:
         parts.append(f"{row.status}: {row.message}")
-    else:
+    elif not started:  # "started by …" already says it runs
         parts.append(row.status)
     if not row.defined:
         parts.append("not in the Sandboxfile")
     return " · ".join(parts)
+
+
+def started_line(row: SandboxRow) -> str | None:
+    """``"started by restore in 84 ms"`` for a running sandbox that says how it started (either
+    part alone if the other is unknown); None otherwise."""
+    if row.status != "running" or (row.started_by is None and row.start_ms is None):
+        return None
+    how = f" by {row.started_by}" if row.started_by else ""
+    took = f" in {format_ms(row.start_ms, ' ')}" if row.start_ms is not None else ""
+    return f"started{how}{took}"
 
 
 def push_sandbox_screen(app: App[Any], what: Literal["shell", "repl", "logs"], name: str) -> None:
@@ -81,7 +95,7 @@ class DashboardScreen(Screen[None]):
 
     HELP_TITLE = "Dashboard"
     AUTO_FOCUS = "#sandbox-rows"
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]  # noqa: RUF012 - declared so by Textual
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-medium"), (150, "-wide")]  # noqa: RUF012 - declared so by Textual
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("s", "start", "Start", tooltip="Start the selected sandbox"),
         Binding("x", "stop", "Stop", tooltip="Stop the selected sandbox"),

@@ -1,7 +1,8 @@
 """The dashboard's table of sandboxes: one row per sandbox, with live CPU/memory sparklines.
 
 The "VM" column shows what isolates a running sandbox (``gVisor``, ``QEMU/KVM``, ``QEMU/TCG ⚠``:
-TCG is marked, it is no security boundary). A ``ListView`` of rows (not a ``DataTable``) so
+TCG is marked, it is no security boundary); "Start" how it started and how long that took
+(``restore 84ms``, ``boot 1.1s``, ``pool 3ms``). A ``ListView`` of rows (not a ``DataTable``) so
 that each cell is a real widget: the status is coloured by a CSS class (``status-running`` …,
 see ``themes/dashboard.tcss``) and the metrics are :class:`~msb_tui.widgets.sparkline.MetricSpark`
 widgets that repaint only themselves on a poll. The table keeps each sandbox's metric history,
@@ -27,7 +28,7 @@ from msb_tui.workbench import SandboxRow
 HISTORY = 120
 """Samples kept per metric (two minutes at the default 1 Hz poll)."""
 
-COLUMNS = (("name", "Name"), ("status", "Status"), ("image", "Image"), ("accel", "VM"),
+COLUMNS = (("name", "Name"), ("status", "Status"), ("image", "Image"), ("accel", "VM"), ("start", "Start"),
            ("uptime", "Uptime"), ("cpu", "CPU"), ("memory", "Memory"), ("disk", "Disk"))  # fmt: skip
 """(key, heading) of every column, left to right."""
 
@@ -69,6 +70,26 @@ def format_bytes(n: int | None) -> str:
     return f"{value:.1f}{unit}" if unit != "B" and value < 10 else f"{value:.0f}{unit}"
 
 
+def format_ms(ms: float, sep: str = "") -> str:
+    """A start time in at most five characters (plus ``sep`` before the unit): ``"<1ms"``,
+    ``"84ms"``, ``"1.1s"``, ``"42s"``, ``"12m"``."""
+    if ms < 0.5:
+        return f"<1{sep}ms"
+    if round(ms) < 1000:
+        return f"{round(ms)}{sep}ms"
+    s = ms / 1000
+    if s < 9.95:
+        return f"{s:.1f}{sep}s"
+    return f"{s:.0f}{sep}s" if s < 599.5 else f"{s / 60:.0f}{sep}m"
+
+
+def format_start(started_by: str | None, start_ms: float | None) -> str:
+    """The Start column: ``"restore 84ms"``, ``"boot 1.1s"``, ``"pool 3ms"`` (either part alone
+    if the other is unknown); ``"—"`` when both are."""
+    parts = [p for p in (started_by, None if start_ms is None else format_ms(start_ms)) if p]
+    return " ".join(parts) or NO_VALUE
+
+
 class MetricHistory:
     """The recent CPU % and memory MiB samples of one sandbox."""
 
@@ -99,6 +120,7 @@ def _cells(row: SandboxRow, pending: str | None) -> dict[str, str]:
         "status": f"{icon} {status}",
         "image": row.image or NO_VALUE,
         "accel": (f"{label} ⚠" if row.accel == "tcg" else label) if label else NO_VALUE,
+        "start": format_start(row.started_by, row.start_ms) if running else NO_VALUE,
         "uptime": format_uptime(row.uptime_s) if running else NO_VALUE,
         "cpu": f"{row.cpu_percent:.0f}%" if running and row.cpu_percent is not None else NO_VALUE,
         "memory": format_mib(row.memory_mib) if running else NO_VALUE,

@@ -17,7 +17,7 @@ from msb_tui.app import MsbApp
 from msb_tui.local import LocalWorkbench
 from msb_tui.main import _parser, make_workbench
 from msb_tui.widgets.sandbox_table import _cells
-from msb_tui.workbench import SandboxRow, backend_summary
+from msb_tui.workbench import SandboxRow, backend_summary, start_of
 from tests.unit.helpers import eventually
 
 MakeApp = Callable[..., MsbApp]
@@ -103,6 +103,43 @@ async def test_local_header_from_the_engine_and_the_running_sandboxes(project: P
         assert "running on QEMU/TCG" in wb.description
         assert await wb.backend() == "gVisor"
         assert wb.description == f"embedded engine · gVisor · also QEMU/TCG · {project / 'Sandboxfile'}"
+    finally:
+        os.close(lock)
+
+
+def test_start_of_reads_what_it_understands() -> None:
+    assert start_of({"started_by": "restore", "start_ms": 84}) == ("restore", 84.0)
+    assert start_of({}) == (None, None)  # an engine from before instant sandboxes
+    assert start_of({"started_by": "clone", "start_ms": "fast"}) == (None, None)
+    assert start_of({"started_by": "pool", "start_ms": True}) == ("pool", None)
+    assert start_of({"started_by": None, "start_ms": -1.0}) == (None, None)
+
+
+async def test_local_rows_say_how_they_started(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From state.json, then from the supervisor's live ``status`` when it says (an older one does not)."""
+    import fcntl
+    import os
+
+    from msb_tui import local
+
+    answers: list[dict[str, Any]] = [{"uptime_s": 5.0}, {"uptime_s": 6.0, "started_by": "pool", "start_ms": 3.0}]
+
+    async def status(socket: Path, msg: dict[str, Any], timeout: float) -> dict[str, Any]:
+        assert msg == {"op": "status"}
+        return answers.pop(0)
+
+    monkeypatch.setattr(local, "request", status)
+    state(project, "a", status="running", socket=str(project / "a.sock"), started_by="restore", start_ms=84.0)
+    state(project, "b", status="stopped", started_by="boot", start_ms=1120.0)  # its last start: not shown
+    lock = os.open(project / ".menv" / "sandboxes" / "a" / "supervisor.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # "a" has a live supervisor
+    try:
+        wb = LocalWorkbench(project / "Sandboxfile")
+        rows = {r.name: r for r in await wb.sandboxes()}
+        assert (rows["a"].started_by, rows["a"].start_ms, rows["a"].uptime_s) == ("restore", 84.0, 5.0)
+        assert (rows["b"].started_by, rows["b"].start_ms) == (None, None)
+        [a, _] = await wb.sandboxes()
+        assert (a.started_by, a.start_ms, a.uptime_s) == ("pool", 3.0, 6.0)
     finally:
         os.close(lock)
 

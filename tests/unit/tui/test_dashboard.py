@@ -15,7 +15,7 @@ from textual.widgets import Input, Label, Log
 
 from msb_tui.app import MsbApp
 from msb_tui.fake import FakeWorkbench
-from msb_tui.screens.dashboard import DashboardScreen
+from msb_tui.screens.dashboard import DashboardScreen, describe
 from msb_tui.screens.help import HelpScreen
 from msb_tui.screens.logs import LogsScreen
 from msb_tui.widgets.sandbox_table import SandboxItem, SandboxTable
@@ -72,8 +72,22 @@ async def test_populated_shows_every_sandbox(make_app: MakeApp) -> None:
         # api runs under TCG: the warning says so, once.
         assert not screen.query_one("#tcg-warning").has_class("hidden")
         assert "security boundary" in str(screen.query_one("#tcg-warning").render())
-        assert "python3 -m http.server" in str(screen.query_one("#detail").render())
+        detail = str(screen.query_one("#detail").render())
+        assert "started by restore in 84 ms" in detail and "python3 -m http.server" in detail
         assert [r.name for r in app.last_sandboxes] == ["api", "db", "worker"]
+
+
+def test_the_detail_line_says_how_it_started() -> None:
+    running = SandboxRow(name="api", image="python", status="running", started_by="restore", start_ms=84.0,
+                         command=["python3", "app.py"])  # fmt: skip
+    assert describe(running) == "api · python · started by restore in 84 ms · $ python3 app.py"
+    booted = running.model_copy(update={"started_by": "boot", "start_ms": 1120.0, "command": None})
+    assert describe(booted) == "api · python · started by boot in 1.1 s"
+    assert describe(running.model_copy(update={"started_by": None, "start_ms": None, "command": None})) == \
+        "api · python · running"  # fmt: skip
+    assert (
+        describe(SandboxRow(name="db", status="stopped", started_by="pool", start_ms=3.0)) == "db · no image · stopped"
+    )
 
 
 async def test_stop_then_start_changes_the_status(make_app: MakeApp) -> None:

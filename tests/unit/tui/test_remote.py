@@ -42,10 +42,12 @@ async def test_rows_start_repl_stop(remote: tuple[RemoteWorkbench, FakeService])
     await wb.start("api")
     rows = await wb.sandboxes()
     assert rows[0].status == "running" and rows[0].cpu_percent is not None
+    assert (rows[0].started_by, rows[0].start_ms) == ("boot", 1100.0)  # the FakeService's cold boot
     assert (await wb.run_code("api", "python", "x = 1")).status == "success"
     assert [line.text for line in (await wb.run_code("api", "python", "x + 1")).output] == ["2"]
     await wb.stop("api")
-    assert (await wb.sandboxes())[0].status == "stopped"
+    [row] = await wb.sandboxes()
+    assert row.status == "stopped" and (row.started_by, row.start_ms) == (None, None)
 
 
 async def test_server_errors_and_unsupported_operations_say_what_to_do(

@@ -1,10 +1,28 @@
-"""The dashboard's table pieces: value formats and sparklines (msb_tui/widgets/)."""
+"""The dashboard's table pieces: value formats, sparklines and the Start column (msb_tui/widgets/)."""
 
 from __future__ import annotations
 
-from msb_tui.widgets.sandbox_table import MetricHistory, format_bytes, format_mib, format_uptime
+from collections.abc import Callable
+
+import pytest
+from textual.widgets import Label
+
+from msb_tui.app import MsbApp
+from msb_tui.screens.dashboard import DashboardScreen
+from msb_tui.widgets.sandbox_table import (
+    MetricHistory,
+    SandboxItem,
+    format_bytes,
+    format_mib,
+    format_ms,
+    format_start,
+    format_uptime,
+)
 from msb_tui.widgets.sparkline import bars
 from msb_tui.workbench import SandboxRow
+from tests.unit.helpers import eventually
+
+MakeApp = Callable[..., MsbApp]
 
 
 def test_formats() -> None:
@@ -31,3 +49,47 @@ def test_history_restarts_when_a_sandbox_stops() -> None:
     assert list(history.cpu) == [5, 5] and list(history.memory) == [64, 64]
     history.record(SandboxRow(name="api", status="stopped"))
     assert not history.cpu and not history.memory
+
+
+def test_start_formats() -> None:
+    assert [format_ms(ms) for ms in (0.2, 3.0, 84.4, 999.4, 999.6, 1120.0, 9960.0, 42_000.0, 720_000.0)] == \
+        ["<1ms", "3ms", "84ms", "999ms", "1.0s", "1.1s", "10s", "42s", "12m"]  # fmt: skip
+    assert format_ms(84.0, " ") == "84 ms" and format_ms(1120.0, " ") == "1.1 s"
+    assert [format_start(*p) for p in (("restore", 84.0), ("boot", 1120.0), ("pool", 3.0), (None, None))] == \
+        ["restore 84ms", "boot 1.1s", "pool 3ms", "—"]  # fmt: skip
+    assert format_start("boot", None) == "boot" and format_start(None, 84.0) == "84ms"
+
+
+def start_cells(screen: DashboardScreen) -> dict[str, str]:
+    return {i.sandbox: str(i.query_one(".col-start", Label).render()) for i in screen.query(SandboxItem)}
+
+
+async def test_the_start_column_shows_the_fakes_values(make_app: MakeApp) -> None:
+    """api was restored in 84 ms, db starts (a cold boot in the fake: 1120 ms), stopped rows say —."""
+    app = make_app()
+    app.metrics_interval = None
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = pilot.app.screen
+        assert isinstance(screen, DashboardScreen)
+        await eventually(lambda: len(screen.query(SandboxItem)) == 3)
+        assert start_cells(screen) == {"api": "restore 84ms", "db": "—", "worker": "—"}
+        heading = [str(label.render()) for label in screen.query(".table-heading Label") if label.display]
+        assert heading == ["Name", "Status", "VM", "Start", "Uptime", "CPU", "Memory", "Disk"]  # 80 wide: no Image
+        screen.run_lifecycle("db", "start")
+        await eventually(lambda: start_cells(screen)["db"] == "boot 1.1s")
+        screen.run_lifecycle("api", "stop")
+        await eventually(lambda: start_cells(screen)["api"] == "—")
+
+
+@pytest.mark.parametrize("width", [80, 99, 100, 120, 149, 150, 160])
+async def test_every_column_fits(make_app: MakeApp, width: int) -> None:
+    """The Start column is whole and the row ends inside the screen at every width."""
+    app = make_app()
+    app.metrics_interval = None
+    async with app.run_test(size=(width, 24)) as pilot:
+        screen = pilot.app.screen
+        await eventually(lambda: len(screen.query(SandboxItem)) == 3)
+        await pilot.pause()
+        api = screen.query(SandboxItem).first()
+        assert api.query_one(".col-start").content_region.width >= len("restore 84ms")
+        assert api.query_one(".col-disk").region.right <= width - 1  # the item's right padding

@@ -1,5 +1,6 @@
-"""Snapshots of the dashboard (loading, empty, error, populated in both themes, an action in
-progress), the log screen, the help screen and the command palette — at 80×24 and 160×48.
+"""Snapshots of the dashboard (loading, empty, error, populated in both themes, each way a
+sandbox starts, an action in progress), the log screen, the help screen and the command
+palette — at 80×24 and 160×48.
 
 Deterministic: the dashboard's timer is off (``metrics_interval = None``); metrics advance only
 when a test calls ``FakeWorkbench.tick()`` and polls; the loading indicator is drawn without
@@ -22,6 +23,7 @@ from msb_tui.fake import FakeWorkbench
 from msb_tui.screens.dashboard import DashboardScreen
 from msb_tui.screens.help import HelpScreen
 from msb_tui.screens.logs import LogsScreen
+from msb_tui.workbench import SandboxRow
 from tests.unit.helpers import eventually
 from tests.unit.tui.conftest import SIZES
 
@@ -92,6 +94,23 @@ def test_dashboard_populated(snap_compare: SnapCompare, make_app: MakeApp, size:
 
 
 @size_ids
+def test_dashboard_start_kinds(snap_compare: SnapCompare, make_app: MakeApp, size: tuple[int, int]) -> None:
+    """The Start column with each way a sandbox starts: a warm pool, a template restore, a boot."""
+    rows = [
+        SandboxRow(name="api", image="microsandbox/python", status="running", backend="qemu", accel="kvm",
+                   uptime_s=754.0, cpu_percent=12.5, memory_mib=88.0, disk_bytes=3 << 20,
+                   command=["python3", "-m", "http.server"], started_by="restore", start_ms=84.0),
+        SandboxRow(name="jobs", image="microsandbox/python", status="running", backend="qemu", accel="kvm",
+                   uptime_s=9.0, cpu_percent=3.0, memory_mib=61.0, started_by="pool", start_ms=2.6),
+        SandboxRow(name="web", image="microsandbox/node", status="running", backend="gvisor", accel="none",
+                   uptime_s=11_100.0, cpu_percent=41.0, memory_mib=140.0, started_by="boot", start_ms=1120.0),
+        SandboxRow(name="db", image="busybox", status="stopped", message="stopped by request"),
+    ]  # fmt: skip
+    app = still(make_app(sandboxes=rows, backend="QEMU/KVM"))
+    assert snap_compare(app, terminal_size=size, run_before=in_state("table"))
+
+
+@size_ids
 def test_dashboard_stopping(snap_compare: SnapCompare, make_app: MakeApp, size: tuple[int, int]) -> None:
     """``x`` on a sandbox whose stop is still running: the row says ``stopping…``."""
 
@@ -113,8 +132,8 @@ def test_logs(snap_compare: SnapCompare, make_app: MakeApp, size: tuple[int, int
     workbench.log_lines["api"] = [
         b"\x1b[32m[init]\x1b[0m mounting /app\n",
         b"Serving HTTP on 0.0.0.0 port 8000 (http://0.0.0.0:8000/) ...\n",
-        b"127.0.0.1 - - [20/Nov/2026 10:00:01] \"GET / HTTP/1.1\" 200 -\n",
-        b"127.0.0.1 - - [20/Nov/2026 10:00:02] \"GET /health HTTP/1.1\" 200 -\n",
+        b'127.0.0.1 - - [20/Nov/2026 10:00:01] "GET / HTTP/1.1" 200 -\n',
+        b'127.0.0.1 - - [20/Nov/2026 10:00:02] "GET /health HTTP/1.1" 200 -\n',
     ]
 
     async def open_logs(pilot: Pilot[Any]) -> None:
