@@ -26,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, type=str.lower, default=None,
                         help="what isolates the sandboxes started here (--headless: the server's one backend); "
                         "default: the Sandboxfile's backend:, then MSB_BACKEND, else auto (`msb doctor`)")  # fmt: skip
+    parser.add_argument("--pool", dest="pools", action="append", metavar="IMAGE[=N]", default=None,
+                        help="--headless: keep N warm ephemeral sandboxes of IMAGE (repeatable; env MSB_POOL)")
+    parser.add_argument("--pool-max-mib", type=float, default=None,
+                        help="--headless: memory bound of all pool members in MiB (env MSB_POOL_MAX_MIB)")
     return parser
 
 
@@ -52,11 +56,14 @@ def main() -> None:
 
     if args.headless:
         from engine.server.main import serve
-        from engine.server.settings import ServerSettings
+        from engine.server.settings import ServerSettings, parse_pools
 
         try:
-            serve(ServerSettings.from_env(host=args.host, port=args.port, dev=args.dev, key=args.key,
-                                          backend=args.backend))  # fmt: skip
+            pools = parse_pools(args.pools) if args.pools else None
+            settings = ServerSettings.from_env(host=args.host, port=args.port, dev=args.dev, key=args.key,
+                                               backend=args.backend, pools=pools,
+                                               pool_max_mib=args.pool_max_mib)  # fmt: skip
+            serve(settings)
         except MsbError as exc:
             hint = f"\nmsb-tui: hint: {exc.hint}" if exc.hint else ""
             raise SystemExit(f"msb-tui: error: {exc.message}{hint}") from None

@@ -10,8 +10,8 @@ import click
 import httpx
 
 from engine.cli.common import backend_option, check_backend, echo_error, fail
-from engine.errors import MsbError
-from engine.server.settings import ServerSettings
+from engine.errors import ConfigError, MsbError
+from engine.server.settings import ServerSettings, parse_pools
 
 
 @click.group()
@@ -26,13 +26,24 @@ def server() -> None:
 @click.option("--key", default=None, envvar="MSB_SERVER_KEY", help="Server secret used to sign API keys.")
 @click.option("--detach", is_flag=True, help="Run in the background; logs go to <state>/server.log.")
 @backend_option()
+@click.option("--pool", "pools", multiple=True, metavar="IMAGE[=N]",
+              help="Keep N (default 1) ephemeral sandboxes of IMAGE warm for `config.ephemeral` starts; "
+                   "repeatable, replaces MSB_POOL.")  # fmt: skip
+@click.option("--pool-max-mib", type=click.FloatRange(min=1), default=None,
+              help="Memory bound of all pool members in MiB (default: a quarter of the host's available; "
+                   "env MSB_POOL_MAX_MIB).")  # fmt: skip
 def start(host: str | None, port: int | None, dev: bool | None, key: str | None, detach: bool,
-          backend: str | None) -> None:  # fmt: skip
+          backend: str | None, pools: tuple[str, ...], pool_max_mib: float | None) -> None:  # fmt: skip
     """Start the server (foreground unless --detach). It runs all its sandboxes on one
     backend, chosen here and logged with what isolates them."""
     from engine.server.main import read_pid, serve
 
-    settings = ServerSettings.from_env(host=host, port=port, dev=dev or None, key=key, backend=backend)
+    try:
+        settings = ServerSettings.from_env(host=host, port=port, dev=dev or None, key=key, backend=backend,
+                                           pools=parse_pools(pools) if pools else None,
+                                           pool_max_mib=pool_max_mib)  # fmt: skip
+    except ConfigError as exc:
+        sys.exit(fail(exc))
     running = read_pid(settings)
     if running is not None:
         echo_error(MsbError(f"a server already runs (pid {running[0]}, port {running[2]})",
@@ -47,6 +58,14 @@ def start(host: str | None, port: int | None, dev: bool | None, key: str | None,
     except MsbError as exc:
         sys.exit(fail(exc))
     _start_detached(settings)
+
+
+def _settings() -> ServerSettings:
+    """The settings from the environment (a malformed ``MSB_POOL`` … is a usage error)."""
+    try:
+        return ServerSettings.from_env()
+    except ConfigError as exc:
+        sys.exit(fail(exc))
 
 
 def _check_backend_works(backend: str | None) -> None:
@@ -84,7 +103,7 @@ def stop() -> None:
     """Stop the background server (its sandboxes are stopped cleanly)."""
     from engine.server.main import stop_server
 
-    if stop_server(ServerSettings.from_env()):
+    if stop_server(_settings()):
         click.echo("msb server stopped")
     else:
         click.echo("no msb server is running", err=True)
@@ -96,7 +115,7 @@ def status() -> None:
     """Is a server running, and is it healthy?"""
     from engine.server.main import read_pid
 
-    settings = ServerSettings.from_env()
+    settings = _settings()
     found = read_pid(settings)
     if found is None:
         click.echo("not running")
@@ -119,7 +138,7 @@ def keygen(expire: str, namespace: str) -> None:
     from engine.server.auth import make_key, parse_duration
     from engine.server.main import secret_for
 
-    settings = ServerSettings.from_env()
+    settings = _settings()
     try:
         secret = secret_for(settings.model_copy(update={"dev": False}))
         assert secret is not None

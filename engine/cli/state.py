@@ -80,6 +80,16 @@ def _fmt_uptime(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def _fmt_start(started_by: str | None, start_ms: float | None) -> str:
+    """``restore 95ms``, ``boot 1.1s``, ``pool 3ms``; ``-`` when unknown (stopped)."""
+    if not started_by:
+        return "-"
+    if start_ms is None:
+        return started_by
+    took = f"{start_ms:.0f}ms" if start_ms < 999.5 else f"{start_ms / 1000:.1f}s"
+    return f"{started_by} {took}"
+
+
 async def _rows(project: Any, names: list[str]) -> list[dict[str, Any]]:
     from engine.project.control import ControlError, request
     from engine.vm.select import backend_label
@@ -94,6 +104,7 @@ async def _rows(project: Any, names: list[str]) -> list[dict[str, Any]]:
             "name": name, "status": st.status, "pid": st.supervisor_pid if running else None,
             "vm_pid": st.vm_pid if running else None, "backend": st.backend, "backend_label": label,
             "accel": st.accel, "command": st.command, "exit_code": st.exit_code, "message": st.message,
+            "started_by": st.started_by if running else None, "start_ms": st.start_ms if running else None,
             "uptime_s": None, "cpu_percent": None, "memory_mib": None, "disk_bytes": None,
         }  # fmt: skip
         if running and st.socket:
@@ -101,6 +112,8 @@ async def _rows(project: Any, names: list[str]) -> list[dict[str, Any]]:
                 live = await request(Path(st.socket), {"op": "status"}, timeout=10)
                 for key in ("uptime_s", "cpu_percent", "memory_mib", "disk_bytes"):
                     row[key] = live.get(key)
+                for key in ("started_by", "start_ms"):  # older supervisors do not say
+                    row[key] = live.get(key, row[key])
         rows.append(row)
     return rows
 
@@ -111,7 +124,8 @@ async def _rows(project: Any, names: list[str]) -> list[dict[str, Any]]:
 @FILE_OPTION
 def status(names: tuple[str, ...], as_json: bool, file: Path | None) -> None:
     """Show whether the project's sandboxes run, on which backend (for stopped ones: the one
-    they last ran on), with CPU, memory and disk of running ones."""
+    they last ran on), how running ones started (restore, boot or pool, and how long it
+    took), with CPU, memory and disk of running ones."""
     try:
         project = _project(file)
         for n in names:
@@ -125,15 +139,16 @@ def status(names: tuple[str, ...], as_json: bool, file: Path | None) -> None:
     if not rows:
         click.echo(f"no sandboxes in {project.path} (add one with `msb add NAME --image IMAGE`)")
         return
-    click.echo(f"{'NAME':<16} {'STATUS':<9} {'PID':>7} {'BACKEND':<11} {'UPTIME':>7} {'CPU%':>6} "
+    click.echo(f"{'NAME':<16} {'STATUS':<9} {'PID':>7} {'BACKEND':<11} {'START':<13} {'UPTIME':>7} {'CPU%':>6} "
                f"{'MEM MiB':>8} {'DISK':>9}  NOTE")  # fmt: skip
     for r in rows:
         disk = "-" if r["disk_bytes"] is None else f"{r['disk_bytes'] / (1 << 20):.1f}M"
         cpu = "-" if r["cpu_percent"] is None else f"{r['cpu_percent']:.1f}"
         mem = "-" if r["memory_mib"] is None else f"{r['memory_mib']:.0f}"
         note = " ".join(r["command"] or []) if r["status"] == "running" else (r["message"] or "")
+        start = _fmt_start(r["started_by"], r["start_ms"])
         click.echo(f"{r['name']:<16} {r['status']:<9} {r['pid'] or '-':>7} {r['backend_label'] or '-':<11} "
-                   f"{_fmt_uptime(r['uptime_s']):>7} {cpu:>6} {mem:>8} {disk:>9}  {note[:60]}")  # fmt: skip
+                   f"{start:<13} {_fmt_uptime(r['uptime_s']):>7} {cpu:>6} {mem:>8} {disk:>9}  {note[:60]}")  # fmt: skip
 
 
 @click.command()

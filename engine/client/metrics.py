@@ -88,6 +88,31 @@ class Metrics:
         entry = await self.get()
         return entry.disk_usage if entry else None
 
+    async def started_by(self) -> str | None:
+        """How the server started the sandbox (msb's addition): ``"pool"``, ``"restore"`` or
+        ``"boot"``.
+
+        Returns:
+            The kind, or ``None`` when not available (stopped, not listed, a server without it).
+
+        Raises:
+            SandboxError: as :meth:`get`.
+        """
+        entry = await self.get()
+        return entry.started_by if entry else None
+
+    async def start_ms(self) -> float | None:
+        """Milliseconds the server took from the start request to a ready sandbox (msb's addition).
+
+        Returns:
+            Milliseconds, or ``None`` when not available.
+
+        Raises:
+            SandboxError: as :meth:`get`.
+        """
+        entry = await self.get()
+        return entry.start_ms if entry else None
+
     async def is_running(self) -> bool:
         """Whether the server reports the sandbox as running.
 

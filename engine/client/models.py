@@ -68,6 +68,21 @@ class SandboxMetrics(BaseModel):
     disk_usage: int | None = None
     """Bytes of the sandbox's writable layer."""
 
+    # msb's additions stay extras (``Metrics.all()`` keeps microsandbox's shape from servers
+    # without them); these read them typed.
+    @property
+    def started_by(self) -> str | None:
+        """How it started (msb): ``"pool"`` (a warm pool member), ``"restore"`` (a memory
+        snapshot) or ``"boot"``; ``None`` when stopped or from servers without it."""
+        value = (self.model_extra or {}).get("started_by")
+        return value if isinstance(value, str) else None
+
+    @property
+    def start_ms(self) -> float | None:
+        """Milliseconds from the start request to ready (msb); ``None`` when not reported."""
+        value = (self.model_extra or {}).get("start_ms")
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
 
 class MetricsResult(_Lenient):
     """Result of ``sandbox.metrics.get``."""
@@ -84,6 +99,13 @@ class StartConfig(BaseModel):
     memory: int = Field(gt=0)
     """MiB."""
     cpus: int = Field(gt=0)
+    ephemeral: bool | None = None
+    """msb's addition: keep nothing after stop (a warm pool can serve it). Sent only when set."""
+
+    def wire(self) -> dict[str, Any]:
+        """What ``sandbox.start`` sends as ``config`` (unset additions left out, so stock
+        microsandbox servers see their own shape)."""
+        return self.model_dump(exclude_none=True)
 
 
 class RpcErrorObject(_Lenient):

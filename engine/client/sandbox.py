@@ -119,6 +119,7 @@ class BaseSandbox:
         *,
         image: str | None = None,
         client: httpx.AsyncClient | None = None,
+        ephemeral: bool = False,
     ) -> AsyncIterator[Self]:
         """Start a sandbox for the ``async with`` body and stop it afterwards.
 
@@ -126,7 +127,7 @@ class BaseSandbox:
 
         Args:
             server_url, namespace, name, api_key, client: as for the constructor.
-            cpus, memory, timeout, image: as for :meth:`start`.
+            cpus, memory, timeout, image, ephemeral: as for :meth:`start`.
 
         Returns:
             An async context manager yielding the started sandbox.
@@ -135,7 +136,7 @@ class BaseSandbox:
             SandboxError: the sandbox could not be started, or (after a clean body) stopped.
         """
         sandbox = cls(server_url=server_url, namespace=namespace, name=name, api_key=api_key, client=client)
-        await sandbox.start(image=image, memory=memory, cpus=cpus, timeout=timeout)
+        await sandbox.start(image=image, memory=memory, cpus=cpus, timeout=timeout, ephemeral=ephemeral)
         try:
             yield sandbox
         except BaseException:
@@ -162,6 +163,8 @@ class BaseSandbox:
         memory: int = DEFAULT_MEMORY_MIB,
         cpus: int = DEFAULT_CPUS,
         timeout: float = DEFAULT_START_TIMEOUT_S,
+        *,
+        ephemeral: bool = False,
     ) -> None:
         """Start the sandbox (``sandbox.start``). Does nothing if this object already started it.
 
@@ -171,6 +174,9 @@ class BaseSandbox:
             cpus: virtual CPUs.
             timeout: seconds to wait for the server, which may have to pull and build the
                 image first.
+            ephemeral: msb's addition (``config.ephemeral``): the sandbox keeps nothing after it
+                stops, and a server with a warm pool of the image hands one out in
+                milliseconds. Default: persistent, as microsandbox's.
 
         Raises:
             SandboxError: bad arguments (code ``-32602``) or the server refused or failed.
@@ -179,12 +185,14 @@ class BaseSandbox:
         if self._started:
             return
         try:
-            config = StartConfig(image=image or self.default_image, memory=memory, cpus=cpus)
+            config = StartConfig(
+                image=image or self.default_image, memory=memory, cpus=cpus, ephemeral=True if ephemeral else None
+            )
         except ValidationError as exc:
             raise SandboxError(f"invalid sandbox config: {exc.errors()[0]['msg']}", code=-32602) from None
         try:
             answer = await self._rpc.call(
-                "sandbox.start", {**self._ids(), "config": config.model_dump()}, timeout=http_timeout(timeout)
+                "sandbox.start", {**self._ids(), "config": config.wire()}, timeout=http_timeout(timeout)
             )
         except BaseException:
             await self._rpc.aclose()

@@ -37,6 +37,8 @@ MAX_STATE_BYTES = 64 << 10
 SUPERVISOR_READY_TIMEOUT_S = 120.0
 
 Status = Literal["starting", "running", "stopped", "crashed"]
+StartedBy = Literal["pool", "restore", "boot"]
+"""``engine.sandbox.instant.StartKind``, spelled out: the CLI reads state without importing the engine."""
 
 
 class StartError(MsbError):
@@ -60,6 +62,10 @@ class SandboxState(BaseModel):
     accel: str | None = None
     """``kvm``, ``tcg`` or ``none`` (gVisor)."""
     started_at: float | None = None
+    started_by: StartedBy | None = None
+    """How its last start went: ``restore`` (a memory snapshot), ``boot`` or ``pool``."""
+    start_ms: float | None = None
+    """Milliseconds from the start request to ready, of its last start."""
     stopped_at: float | None = None
     command: list[str] | None = None
     exit_code: int | None = None

@@ -156,7 +156,7 @@ class Supervisor:
             metrics = {"cpu_percent": m.cpu_percent, "memory_mib": m.memory_mib, "disk_bytes": m.disk_bytes}
         return {
             "name": self.sandbox.name, "backend": self.sandbox.backend, "accel": self.sandbox.accel,
-            "vm_pid": self.sandbox.vm.pid,
+            "vm_pid": self.sandbox.vm.pid, **started(self.sandbox),
             "uptime_s": time.time() - self.sandbox.started_at, "command": self.command,
             "main_running": self.main is not None and not self.main.exited, "main_exit_code": self.exit_code,
             **metrics,
@@ -176,6 +176,11 @@ class Supervisor:
             self.reason = f"the VM exited unexpectedly (status {crashed.result()})"
         done.cancel()
         crashed.cancel()
+
+
+def started(sandbox: Sandbox) -> dict[str, Any]:
+    """``started_by`` (``pool``, ``restore``, ``boot``) and ``start_ms`` of ``sandbox``."""
+    return {"started_by": sandbox.start_info.kind, "start_ms": round(sandbox.start_info.ms, 1)}
 
 
 def _size(msg: dict[str, Any]) -> tuple[int, int]:
@@ -241,10 +246,11 @@ async def amain(sandboxfile: Path, name: str, command: list[str] | None, wait_at
         loop.add_signal_handler(signo, sup.stop_on_signal, signo)
     state = state.model_copy(update={"status": "running", "vm_pid": sandbox.vm.pid, "socket": str(sock),
                                      "backend": sandbox.backend, "accel": sandbox.accel,
-                                     "started_at": time.time()})  # fmt: skip
+                                     "started_at": time.time(), **started(sandbox)})  # fmt: skip
     sdir.write_state(state)
-    _ready({"ok": True, "socket": str(sock), "backend": sandbox.backend, "accel": sandbox.accel})
-    log.info("sandbox %s running (%s, %s, vm pid %s)", name, sandbox.backend, sandbox.accel, sandbox.vm.pid)
+    _ready({"ok": True, "socket": str(sock), "backend": sandbox.backend, "accel": sandbox.accel, **started(sandbox)})
+    log.info("sandbox %s running (%s, %s, vm pid %s; started by %s in %.0f ms)", name, sandbox.backend,
+             sandbox.accel, sandbox.vm.pid, sandbox.start_info.kind, sandbox.start_info.ms)  # fmt: skip
     try:
         await sup.run()
     finally:

@@ -47,6 +47,10 @@ class ReplPool:
         status, output = await session.run(code, timeout)
         return ReplResult(status="success" if status == "success" else "error", language=language, output=output)
 
+    def languages(self) -> list[str]:
+        """The languages whose interpreter this sandbox has started."""
+        return sorted(self._sessions)
+
     async def interrupt(self, language: str) -> bool:
         """Interrupt the running call of ``language``'s interpreter; ``False`` if none runs."""
         canonical = LANGUAGE_ALIASES.get(language.strip().lower())

@@ -19,6 +19,10 @@ Behaviour, chosen to be deterministic:
 - ``delay`` (seconds) is awaited by ``run_code``/``run_command``; a ``timeout`` shorter than it
   gives the timed-out shape the real service returns;
 - running sandboxes report the backend ``gvisor`` (``server.info`` says so too);
+- ``started_by`` is ``"boot"`` (``start_ms`` 1100.0), or ``"pool"`` (3.0) for an ephemeral
+  start of an image given in ``pools`` (``{image: size}``; the fake pool never runs dry and
+  ``server.info`` lists it, counting what was taken); an ephemeral sandbox is forgotten, files
+  and all, when it stops;
 - ``fail(method, exc)`` makes a method raise ``exc`` on every call until ``fail(method, None)``.
 """
 
@@ -34,6 +38,8 @@ from typing import Any
 
 from engine.errors import ConfigError, GuestFileError, NotFoundError, SandboxStateError
 from engine.repl.models import LANGUAGE_ALIASES, CommandResult, OutputLine, ReplResult, Stream
+from engine.sandbox.instant import StartKind
+from engine.sandbox.pool import PoolStatus
 from engine.server.service import SandboxConfig, SandboxInfo, SandboxMetrics, SandboxService, ServerInfo
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
@@ -42,6 +48,8 @@ BASE_MEMORY_MIB = 48.0
 BASE_DISK_BYTES = 4096
 FAKE_BACKEND, FAKE_ACCEL = "gvisor", "none"
 """What the fake says its sandboxes run on (``server.info``, metrics, list)."""
+FAKE_BOOT_MS, FAKE_POOL_MS = 1100.0, 3.0
+"""``start_ms`` of a booted and of a pool-served fake sandbox."""
 
 
 @dataclass
@@ -54,6 +62,9 @@ class FakeSandbox:
     scopes: dict[str, dict[str, Any]] = field(default_factory=dict)
     """One global dict per language ("python", "node")."""
     runs: int = 0
+    ephemeral: bool = False
+    started_by: StartKind = "boot"
+    start_ms: float = FAKE_BOOT_MS
 
 
 def _check(kind: str, value: str) -> None:
@@ -69,9 +80,12 @@ def _lines(stream: Stream, text: str) -> list[OutputLine]:
 class FakeService:
     """In-memory sandboxes (see the module docstring for what they do)."""
 
-    def __init__(self, *, delay: float = 0.0) -> None:
+    def __init__(self, *, delay: float = 0.0, pools: dict[str, int] | None = None) -> None:
         self.sandboxes: dict[tuple[str, str], FakeSandbox] = {}
         self.delay = delay
+        self.pools = dict(pools or {})
+        """Fake warm pools: image → size."""
+        self.pool_taken: dict[str, int] = dict.fromkeys(self.pools, 0)
         self.calls: list[str] = []
         """Names of the methods called, in order."""
         self._failures: dict[str, BaseException] = {}
@@ -110,6 +124,8 @@ class FakeService:
         _check("namespace", namespace)
         _check("sandbox", name)
         box = self.sandboxes.get((namespace, name))
+        if box is not None and box.running:
+            return f"Sandbox {name} started successfully"
         image = config.image if config is not None else None
         if box is None:
             if not image:
@@ -118,6 +134,11 @@ class FakeService:
             box = self.sandboxes[(namespace, name)] = FakeSandbox(namespace, name, image)
         elif image:
             box.image = image
+        box.ephemeral = bool(config is not None and config.ephemeral)
+        box.started_by, box.start_ms = "boot", FAKE_BOOT_MS
+        if box.ephemeral and self.pools.get(box.image, 0) > 0:
+            box.started_by, box.start_ms = "pool", FAKE_POOL_MS
+            self.pool_taken[box.image] += 1
         box.running = True
         return f"Sandbox {name} started successfully"
 
@@ -126,6 +147,8 @@ class FakeService:
         box = self._running(namespace, name)
         box.running = False
         box.scopes.clear()
+        if box.ephemeral:
+            del self.sandboxes[(namespace, name)]
         return f"Sandbox {name} stopped successfully"
 
     # --- work ----------------------------------------------------------------------------
@@ -188,14 +211,18 @@ class FakeService:
         return [
             SandboxInfo(namespace=b.namespace, name=b.name, running=b.running, image=b.image,
                         status="running" if b.running else "stopped", backend=FAKE_BACKEND if b.running else None,
-                        accel=FAKE_ACCEL if b.running else None)
+                        accel=FAKE_ACCEL if b.running else None, started_by=b.started_by if b.running else None,
+                        start_ms=b.start_ms if b.running else None)
             for b in boxes
         ]  # fmt: skip
 
     async def info(self) -> ServerInfo:
         self._enter("info")
+        pools = [PoolStatus(label=image, size=size, ready=size, starting=0, taken=self.pool_taken[image], replaced=0,
+                            member_pss_mib=BASE_MEMORY_MIB, limited_by_memory=False)
+                 for image, size in self.pools.items()]  # fmt: skip
         return ServerInfo(backend=FAKE_BACKEND, accel=FAKE_ACCEL, label="gVisor",
-                          isolation="gVisor: a user-space kernel (the fake runs nothing)")  # fmt: skip
+                          isolation="gVisor: a user-space kernel (the fake runs nothing)", pools=pools)  # fmt: skip
 
     async def read_file(self, namespace: str, name: str, path: str) -> bytes:
         self._enter("read_file")
@@ -222,7 +249,7 @@ def _metrics(box: FakeSandbox) -> SandboxMetrics:
     disk = BASE_DISK_BYTES + sum(len(d) for d in box.files.values())
     return SandboxMetrics(namespace=box.namespace, name=box.name, running=True, cpu_usage=2.5 + box.runs % 10,
                           memory_usage=BASE_MEMORY_MIB + box.runs, disk_usage=disk, backend=FAKE_BACKEND,
-                          accel=FAKE_ACCEL)  # fmt: skip
+                          accel=FAKE_ACCEL, started_by=box.started_by, start_ms=box.start_ms)  # fmt: skip
 
 
 def _evaluate(scope: dict[str, Any], code: str) -> tuple[bool, list[OutputLine]]:

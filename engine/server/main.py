@@ -42,7 +42,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key in ("namespace", "sandbox", "image", "method"):
+        for key in ("namespace", "sandbox", "image", "method", "ephemeral", "started_by", "start_ms"):
             if hasattr(record, key):
                 doc[key] = getattr(record, key)
         if record.exc_info:
@@ -75,6 +75,9 @@ def secret_for(settings: ServerSettings) -> str | None:
 def serve(settings: ServerSettings) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM; sandboxes are stopped on the way out.
 
+    Warm pools (``settings.pools``) fill in the background once it listens; a pool whose image
+    cannot be had is logged as an error and skipped (the server runs without it).
+
     Raises:
         VmError: the backend asked for (``settings.backend``, ``MSB_BACKEND``) does not work
             here, with the probe's reason; or no backend works.
@@ -89,7 +92,8 @@ def serve(settings: ServerSettings) -> None:
     # Choose the backend before uvicorn runs: its failed startup is a traceback and exit 3, while
     # this is the probe's reason with a hint (the manager's engine then finds the verdicts cached).
     asyncio.run(Engine(backend=settings.backend).prepare())
-    manager = SandboxManager(settings.storage, settings.limits, engine=Engine(backend=settings.backend))
+    manager = SandboxManager(settings.storage, settings.limits, engine=Engine(backend=settings.backend),
+                             pools=settings.pools, pool_max_mib=settings.pool_max_mib)  # fmt: skip
     failed: list[MsbError] = []
 
     async def startup() -> None:

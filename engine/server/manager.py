@@ -4,6 +4,8 @@ their Sandboxfiles, and the running sandboxes.
 Each namespace is a directory under ``<storage>/namespaces/<ns>/`` holding a ``Sandboxfile``
 and ``.menv/`` (persistent writable layers under ``.menv/sandboxes/<name>``). Sandboxes the
 server starts are persistent: their files survive a crash or restart of the server or the VM.
+Ephemeral ones (``config.ephemeral``, our addition) have no writable layer on disk and write
+no Sandboxfile entry; a warm pool of their image (:mod:`engine.server.pools`) can serve them.
 
 One backend per server: the manager's :class:`~engine.sandbox.engine.Engine` chooses it at
 start (``msb server start --backend``, ``MSB_BACKEND``, else auto) and every sandbox runs on it.
@@ -23,10 +25,12 @@ from engine.project.specs import spec_overrides
 from engine.repl.models import CommandResult, OutputLine, ReplResult
 from engine.repl.pool import ReplPool
 from engine.sandbox.engine import Engine
+from engine.sandbox.instant import StartKind
 from engine.sandbox.sandbox import Sandbox, Status
 from engine.sandbox.spec import NAME_PATTERN
+from engine.server.pools import ServerPools
 from engine.server.service import SandboxConfig, SandboxInfo, SandboxMetrics, ServerInfo
-from engine.server.settings import Limits
+from engine.server.settings import Limits, PoolSetting
 from engine.vm.accel import TCG_WARNING
 from engine.vm.select import backend_label, isolation_of
 
@@ -48,21 +52,39 @@ def check_name(kind: str, value: str) -> None:
 
 
 class _Running:
-    def __init__(self, sandbox: Sandbox, image: str | None, limit: int) -> None:
+    def __init__(self, sandbox: Sandbox, image: str | None, limit: int, repl: ReplPool | None = None) -> None:
         self.sandbox = sandbox
         self.image = image
-        self.repl = ReplPool(sandbox)
+        self.repl = repl or ReplPool(sandbox)
         self.execs = 0
         self.limit = limit
+
+    @property
+    def started_by(self) -> StartKind:
+        return self.sandbox.start_info.kind
+
+    @property
+    def start_ms(self) -> float:
+        """From the start request to ready."""
+        return round(self.sandbox.start_info.ms, 1)
 
 
 class SandboxManager:
     """Starts, tracks and stops the server's sandboxes."""
 
-    def __init__(self, storage: Path, limits: Limits | None = None, *, engine: Engine | None = None) -> None:
+    def __init__(self, storage: Path, limits: Limits | None = None, *, engine: Engine | None = None,
+                 pools: list[PoolSetting] | None = None, pool_max_mib: float | None = None) -> None:  # fmt: skip
+        """Args:
+        storage: the state directory (namespaces live in ``<storage>/namespaces``).
+        limits: the server's limits.
+        engine: what starts sandboxes (default: an Engine on ``MSB_BACKEND``/auto).
+        pools: warm pools of ephemeral sandboxes, filled from :meth:`prepare` on.
+        pool_max_mib: bound of all pool members' memory (default: WarmPool's).
+        """
         self.root = storage / "namespaces"
         self.limits = limits or Limits()
         self.engine = engine or Engine()
+        self.pools = ServerPools(self.engine, pools or [], max_mib=pool_max_mib)
         self._running: dict[tuple[str, str], _Running] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -98,7 +120,8 @@ class SandboxManager:
             current = self._running.get(key)
             if current is not None and current.sandbox.status is Status.RUNNING:
                 return f"Sandbox {name} started successfully"
-            entry = self._entry(ns_dir, name, config)
+            ephemeral = bool(config is not None and config.ephemeral)
+            entry = self._entry(ns_dir, name, config, save=not ephemeral)
             running = sum(1 for r in self._running.values() if r.sandbox.status is Status.RUNNING)
             if running >= self.limits.max_sandboxes:
                 raise LimitError(f"this server already runs {self.limits.max_sandboxes} sandboxes (its limit)",
@@ -110,15 +133,23 @@ class SandboxManager:
             # API clients choose volume paths: they must stay inside the namespace directory
             overrides = spec_overrides(entry, ns_dir, confine=True)
             root = await resolve_root(entry.image, base_dir=ns_dir)
-            spec = root.spec(name, persist_dir=ns_dir / ".menv" / "sandboxes" / name, **overrides)
-            sandbox = await self.engine.start(spec)
-            self._running[key] = _Running(sandbox, entry.image, self.limits.max_execs_per_sandbox)
-            log.info("sandbox started", extra={"namespace": namespace, "sandbox": name, "image": entry.image})
+            persist = None if ephemeral else ns_dir / ".menv" / "sandboxes" / name
+            spec = root.spec(name, persist_dir=persist, **overrides)
+            taken = await self.pools.take(spec) if ephemeral else None
+            if taken is not None:
+                run = _Running(taken[0], entry.image, self.limits.max_execs_per_sandbox, taken[1])
+            else:
+                run = _Running(await self.engine.start(spec), entry.image, self.limits.max_execs_per_sandbox)
+            self._running[key] = run
+            log.info("sandbox started", extra={"namespace": namespace, "sandbox": name, "image": entry.image,
+                                               "ephemeral": ephemeral, "started_by": run.started_by,
+                                               "start_ms": run.start_ms})  # fmt: skip
             return f"Sandbox {name} started successfully"
 
-    def _entry(self, ns_dir: Path, name: str, config: SandboxConfig | None) -> SandboxEntry:
-        """With ``config.image``: write/update the Sandboxfile entry (comments kept). Without:
-        the entry must already be there."""
+    def _entry(self, ns_dir: Path, name: str, config: SandboxConfig | None, *, save: bool = True) -> SandboxEntry:
+        """With ``config.image``: the entry it describes, written to the Sandboxfile (comments
+        kept) unless ``save`` is False (ephemeral sandboxes). Without: the entry must already
+        be there."""
         path = ns_dir / "Sandboxfile"
         if config is not None and config.image:
             sbf = Sandboxfile.load(path, create=True)
@@ -130,13 +161,16 @@ class SandboxManager:
             }  # fmt: skip
             extra = {} if old is None else old.model_extra or {}
             entry = entry_from_dict({**extra, **{k: v for k, v in fields.items() if v is not None}})
-            sbf.set_sandbox(name, entry)
-            sbf.save()
+            if save:
+                sbf.set_sandbox(name, entry)
+                sbf.save()
             return entry
         found = Sandboxfile.load(path, create=True).get(name)
         if found is None:
-            raise NotFoundError(f"Invalid params: Sandbox '{name}' not found",
-                                hint="pass config.image to define it, or add it to the namespace's Sandboxfile")
+            raise NotFoundError(
+                f"Invalid params: Sandbox '{name}' not found",
+                hint="pass config.image to define it, or add it to the namespace's Sandboxfile",
+            )
         return found
 
     async def _check_backend(self, name: str, entry: SandboxEntry) -> None:
@@ -172,16 +206,18 @@ class SandboxManager:
         log.info("backend: %s (%s); isolation: %s", info.label, why, info.isolation)
         if assets.accel.accel == "tcg":
             log.warning("accelerator: TCG (%s). %s", assets.accel.reason, TCG_WARNING)
+        self.pools.start()
 
     async def info(self) -> ServerInfo:
         """The backend this server's sandboxes run on (chosen by :meth:`prepare`)."""
         assets = await self.engine.prepare()
         name, accel = self.engine.backend.name, assets.accel.accel
         return ServerInfo(backend=name, accel=accel, label=backend_label(name, accel),
-                          isolation=isolation_of(name, accel))  # fmt: skip
+                          isolation=isolation_of(name, accel), pools=self.pools.status())  # fmt: skip
 
     async def shutdown(self) -> None:
-        """Stop every sandbox cleanly (server exit)."""
+        """Drop the warm pools and stop every sandbox cleanly (server exit)."""
+        await self.pools.close()
         runs = list(self._running.values())
         self._running.clear()
         await asyncio.gather(*(self._stop_quietly(r) for r in runs))
@@ -233,7 +269,8 @@ class SandboxManager:
             m = await run.sandbox.metrics()
             out.append(SandboxMetrics(namespace=ns, name=n, running=True, cpu_usage=round(m.cpu_percent, 2),
                                       memory_usage=round(m.memory_mib, 1), disk_usage=m.disk_bytes,
-                                      backend=run.sandbox.backend, accel=run.sandbox.accel))  # fmt: skip
+                                      backend=run.sandbox.backend, accel=run.sandbox.accel,
+                                      started_by=run.started_by, start_ms=run.start_ms))  # fmt: skip
         return out
 
     def _known(self, namespace: str) -> list[tuple[str, str]]:
@@ -262,8 +299,10 @@ class SandboxManager:
                 image = entry.image if entry else None
             status = run.sandbox.status.value if run else "stopped"
             backend, accel = (run.sandbox.backend, run.sandbox.accel) if run and running else (None, None)
+            live = run if run and running else None
             out.append(SandboxInfo(namespace=ns, name=n, running=running, image=image, status=status,
-                                   backend=backend, accel=accel))  # fmt: skip
+                                   backend=backend, accel=accel, started_by=live.started_by if live else None,
+                                   start_ms=live.start_ms if live else None))  # fmt: skip
         return out
 
     async def read_file(self, namespace: str, name: str, path: str) -> bytes:
@@ -284,7 +323,7 @@ async def collect_command(sandbox: Sandbox, command: str, args: list[str], timeo
     async for chunk in proc:
         stream = "stderr" if chunk.stream == "stderr" else "stdout"
         room = max_bytes - len(whole[stream])
-        data = chunk.data[:max(room, 0)]
+        data = chunk.data[: max(room, 0)]
         truncated |= len(data) < len(chunk.data)
         whole[stream] += data
         buf = partial[stream] + data

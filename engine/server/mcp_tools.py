@@ -43,8 +43,9 @@ class StartArgs(SandboxArgs):
 
     config: SandboxConfig | None = Field(None, description=(
         "How to make the sandbox: image ('microsandbox/python' or 'microsandbox/node'), memory (MiB), "
-        "cpus, envs ['K=V'], workdir, shell, scripts {name: body}. Leave out to start a sandbox already "
-        "defined in the namespace's Sandboxfile."))  # fmt: skip
+        "cpus, envs ['K=V'], workdir, shell, scripts {name: body}, ephemeral (true: nothing is kept after "
+        "it stops, and it starts in milliseconds when the server keeps a warm pool of the image). Leave out "
+        "to start a sandbox already defined in the namespace's Sandboxfile."))  # fmt: skip
 
     async def run(self, s: SandboxService) -> Any:
         return await s.start(self.namespace, self.sandbox, self.config)
@@ -134,9 +135,14 @@ class FileWriteArgs(FileReadArgs):
 
 
 TOOLS: dict[str, type[ToolArgs]] = {
-    "sandbox_start": StartArgs, "sandbox_stop": StopArgs, "sandbox_run_code": RunCodeArgs,
-    "sandbox_run_command": RunCommandArgs, "sandbox_get_metrics": MetricsArgs, "sandbox_list": ListArgs,
-    "sandbox_file_read": FileReadArgs, "sandbox_file_write": FileWriteArgs,
+    "sandbox_start": StartArgs,
+    "sandbox_stop": StopArgs,
+    "sandbox_run_code": RunCodeArgs,
+    "sandbox_run_command": RunCommandArgs,
+    "sandbox_get_metrics": MetricsArgs,
+    "sandbox_list": ListArgs,
+    "sandbox_file_read": FileReadArgs,
+    "sandbox_file_write": FileWriteArgs,
 }
 
 
@@ -163,8 +169,10 @@ _PROMPTS = {  # name → (language label, image, run_code language, example)
     "create_python_sandbox": ("Python", "microsandbox/python", "python", "print('hello')"),
     "create_node_sandbox": ("Node.js", "microsandbox/node", "node", "console.log('hello')"),
 }
-_PROMPT_ARGS = [types.PromptArgument(name="sandbox_name", description="Name for the new sandbox", required=True),
-                types.PromptArgument(name="namespace", description="Namespace for the sandbox", required=True)]
+_PROMPT_ARGS = [
+    types.PromptArgument(name="sandbox_name", description="Name for the new sandbox", required=True),
+    types.PromptArgument(name="namespace", description="Namespace for the sandbox", required=True),
+]
 PROMPTS = [types.Prompt(name=n, description=f"Create a {p[0]} sandbox", arguments=_PROMPT_ARGS)
            for n, p in _PROMPTS.items()]  # fmt: skip
 
@@ -184,5 +192,3 @@ def prompt_result(name: str, arguments: dict[str, str] | None) -> types.GetPromp
     )
     message = types.PromptMessage(role="user", content=types.TextContent(text=text))
     return types.GetPromptResult(description=f"Create a {label} sandbox", messages=[message])
-
-

@@ -13,6 +13,8 @@ from typing import Protocol
 from pydantic import BaseModel, Field
 
 from engine.repl.models import CommandResult, ReplResult
+from engine.sandbox.instant import StartKind
+from engine.sandbox.pool import PoolStatus
 
 
 class SandboxConfig(BaseModel):
@@ -29,6 +31,9 @@ class SandboxConfig(BaseModel):
     shell: str | None = None
     scripts: dict[str, str] = Field(default_factory=dict)
     exec: str | None = None
+    ephemeral: bool | None = None
+    """Our addition: no persistent layer (its files are gone when it stops) and no Sandboxfile
+    entry written; a warm pool of its image can serve it (docs/server.md). Default: persistent."""
 
 
 class SandboxMetrics(BaseModel):
@@ -45,6 +50,11 @@ class SandboxMetrics(BaseModel):
     """Our addition: what isolates it (``qemu``, ``gvisor``, ``krun``); None when stopped."""
     accel: str | None = None
     """Our addition: ``kvm``, ``tcg`` or ``none`` (gVisor); None when stopped."""
+    started_by: StartKind | None = None
+    """Our addition: how it started — ``pool`` (a warm pool member), ``restore`` (a memory
+    snapshot) or ``boot``; None when stopped."""
+    start_ms: float | None = None
+    """Our addition: milliseconds from the start request to ready; None when stopped."""
 
 
 class SandboxInfo(BaseModel):
@@ -57,6 +67,10 @@ class SandboxInfo(BaseModel):
     """What isolates it while running (``qemu``, ``gvisor``, ``krun``)."""
     accel: str | None = None
     """``kvm``, ``tcg`` or ``none`` (gVisor) while running."""
+    started_by: StartKind | None = None
+    """``pool``, ``restore`` or ``boot`` while running."""
+    start_ms: float | None = None
+    """Milliseconds from the start request to ready, while running."""
 
 
 class ServerInfo(BaseModel):
@@ -70,6 +84,8 @@ class ServerInfo(BaseModel):
     """``gVisor``, ``QEMU/TCG``, ``QEMU/KVM``, ``libkrun/KVM``."""
     isolation: str
     """What protects the host, in plain words."""
+    pools: list[PoolStatus] = Field(default_factory=list)
+    """The warm pools (``--pool``/``MSB_POOL``) and how full they are; empty without any."""
 
 
 class SandboxService(Protocol):

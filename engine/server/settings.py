@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from engine import paths
+from engine.errors import ConfigError
+
+MAX_POOL_SIZE = 64
 
 
 class Limits(BaseModel):
@@ -23,6 +27,38 @@ class Limits(BaseModel):
     """Output kept per command and stream."""
 
 
+class PoolSetting(BaseModel):
+    """One warm pool: ``size`` ephemeral sandboxes of ``image`` kept started (docs/server.md)."""
+
+    image: str = Field(min_length=1)
+    """As ``sandbox.start``'s ``config.image`` (a directory image should be an absolute path)."""
+    size: int = Field(default=1, ge=0, le=MAX_POOL_SIZE)
+    """Members kept ready."""
+
+
+def parse_pools(items: Iterable[str]) -> list[PoolSetting]:
+    """``IMAGE[=N]`` items (``--pool``, ``MSB_POOL`` split at commas) to pool settings; a later
+    item for the same image replaces an earlier one.
+
+    Raises:
+        ConfigError: an empty item, an ``N`` that is not a whole number 0-64.
+    """
+    pools: dict[str, PoolSetting] = {}
+    for raw in items:
+        item = raw.strip()
+        image, sep, count = item.rpartition("=")
+        if not sep:
+            image, count = item, "1"
+        try:
+            pool = PoolSetting(image=image.strip(), size=int(count))
+        except (ValueError, ValidationError):
+            raise ConfigError(f"pool {raw!r} is not IMAGE[=N] with N from 0 to {MAX_POOL_SIZE}",
+                              hint="e.g. --pool microsandbox/python=2 or MSB_POOL=microsandbox/python=2,"
+                                   "microsandbox/node") from None  # fmt: skip
+        pools[pool.image] = pool
+    return list(pools.values())
+
+
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=5555, ge=0, le=65535)
@@ -36,10 +72,19 @@ class ServerSettings(BaseModel):
     backend: str | None = None
     """What isolates this server's sandboxes — one backend per server: ``auto``, ``qemu``,
     ``gvisor``, ``krun`` (default ``MSB_BACKEND``, else auto)."""
+    pools: list[PoolSetting] = Field(default_factory=list)
+    """Warm pools of ephemeral sandboxes (``--pool``, ``MSB_POOL``)."""
+    pool_max_mib: float | None = Field(default=None, gt=0)
+    """Bound of all pool members' memory in MiB (default: a quarter of the host's available
+    memory at start)."""
 
     @classmethod
     def from_env(cls, **flags: object) -> ServerSettings:
-        """Flags given (not None) win over ``MSB_HOST``/``MSB_PORT``/``MSB_API_KEY``…"""
+        """Flags given (not None) win over ``MSB_HOST``/``MSB_PORT``/``MSB_API_KEY``…
+
+        Raises:
+            ConfigError: a malformed ``MSB_POOL`` or ``MSB_POOL_MAX_MIB``.
+        """
         env: dict[str, object] = {}
         if os.environ.get("MSB_HOST"):
             env["host"] = os.environ["MSB_HOST"]
@@ -58,6 +103,10 @@ class ServerSettings(BaseModel):
                 limits[field] = int(os.environ[var])
         if limits:
             env["limits"] = Limits(**limits)
+        if os.environ.get("MSB_POOL", "").strip():
+            env["pools"] = parse_pools(i for i in os.environ["MSB_POOL"].split(",") if i.strip())
+        if os.environ.get("MSB_POOL_MAX_MIB", "").strip():
+            env["pool_max_mib"] = _positive("MSB_POOL_MAX_MIB", os.environ["MSB_POOL_MAX_MIB"])
         env.update({k: v for k, v in flags.items() if v is not None})
         return cls.model_validate(env)
 
@@ -65,3 +114,13 @@ class ServerSettings(BaseModel):
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+
+def _positive(var: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"{var}={text!r} is not a positive number of MiB", hint=f"e.g. {var}=4096")
+    return value

@@ -92,7 +92,8 @@ async def test_sdk_flow_end_to_end(server: Server) -> None:
     out = server.rpc("sandbox.metrics.get", {"namespace": "default", "sandbox": "sdk-py"})
     assert out["result"] == {"sandboxes": [{"namespace": "default", "name": "sdk-py", "running": False,
                                             "cpu_usage": None, "memory_usage": None, "disk_usage": None,
-                                            "backend": None, "accel": None}]}  # our additions: null when stopped
+                                            "backend": None, "accel": None, "started_by": None,
+                                            "start_ms": None}]}  # our additions: null when stopped
 
 
 async def test_node_sdk(server: Server) -> None:
@@ -235,3 +236,37 @@ def test_a_backend_that_does_not_work_stops_the_start(tmp_path: Path) -> None:
         assert out.returncode == 125, out.stderr
         assert "msb: error: backend 'krun' was asked for (the request) but does not work here: " in out.stderr
         assert "msb: hint: " in out.stderr
+
+
+async def test_a_warm_pool_serves_ephemeral_sandboxes_on_qemu(tmp_path: Path, base_images: None) -> None:
+    srv = start_server(tmp_path, _free_port(), "--backend", "qemu", "--pool", "microsandbox/python=1")
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            pools = srv.rpc("server.info", {})["result"]["pools"]  # type: ignore[index]
+            if pools and pools[0]["ready"] == 1:
+                break
+            assert time.monotonic() < deadline, f"the pool did not fill: {pools}"
+            await asyncio.sleep(0.2)
+        sb = PythonSandbox(server_url=srv.url, api_key=srv.key, name="quick")
+        await sb.start(ephemeral=True)
+        try:
+            out = await (await sb.run("import os, socket; print(1+1, socket.gethostname(), os.environ['HOSTNAME'])"))\
+                .output()  # fmt: skip
+            assert out.split() == ["2", "quick", "quick"]
+            got = srv.rpc("sandbox.metrics.get", {"namespace": "default", "sandbox": "quick"})["result"]
+            (row,) = got["sandboxes"]  # type: ignore[index]
+            assert row["started_by"] == "pool" and row["start_ms"] < 1000
+            await sb.command.run("sh", ["-c", "echo gone > /root/file"])
+        finally:
+            await sb.stop()
+        assert not (tmp_path / "namespaces" / "default" / ".menv" / "sandboxes" / "quick").exists()
+        # a persistent sandbox on the same server is restored from a template, with its own disk
+        async with PythonSandbox.create(server_url=srv.url, api_key=srv.key, name="kept") as kept:
+            assert (await (await kept.run("print(3)")).output()).strip() == "3"
+            got = srv.rpc("sandbox.metrics.get", {"namespace": "default", "sandbox": "kept"})["result"]
+            assert got["sandboxes"][0]["started_by"] == "restore"  # type: ignore[index]
+        got = srv.rpc("sandbox.metrics.get", {"namespace": "default", "sandbox": "kept"})["result"]
+        assert got["sandboxes"][0]["started_by"] is None  # type: ignore[index]  # stopped
+    finally:
+        stop_server(srv)

@@ -27,6 +27,7 @@ SHAPES: dict[str, tuple[set[str], set[str]]] = {
     "sandbox.metrics.get": ({"namespace"}, {"sandbox"}),
 }
 CONFIG_KEYS = {"image", "memory", "cpus", "volumes", "ports", "envs", "workdir", "shell", "scripts", "exec"}
+CONFIG_KEYS |= {"ephemeral"}  # msb's addition
 LANGUAGES = {"python", "node", "nodejs", "javascript"}
 
 

@@ -49,3 +49,17 @@ async def test_unlisted_or_stopped_sandbox(fake: FakeMsbServer, http: httpx.Asyn
         assert await sb.metrics.memory() is None and await sb.metrics.disk() is None
         assert not await sb.metrics.is_running()
         assert (await sb.metrics.all())["running"] is False
+
+
+async def test_how_it_started(fake: FakeMsbServer, http: httpx.AsyncClient) -> None:
+    """msb's ``started_by``/``start_ms`` are read typed, and ``all()`` passes them on only when
+    the server sends them (a stock microsandbox server does not)."""
+    async with PythonSandbox.create(name="m", server_url=SERVER_URL, client=http) as sb:
+        assert await sb.metrics.started_by() is None and await sb.metrics.start_ms() is None
+        assert "started_by" not in await sb.metrics.all()
+        ours = {"name": "m", "running": True, "started_by": "pool", "start_ms": 3}
+        fake._metrics = lambda params: {"sandboxes": [ours]}  # type: ignore[method-assign]
+        assert (await sb.metrics.started_by(), await sb.metrics.start_ms()) == ("pool", 3.0)
+        entry = await sb.metrics.get()
+        assert entry is not None and (entry.started_by, entry.start_ms) == ("pool", 3.0)
+        assert (await sb.metrics.all())["started_by"] == "pool"

@@ -255,3 +255,13 @@ async def test_owned_client_is_closed_on_exit_and_on_failed_start(
 def test_repr_names_the_sandbox_but_not_the_key() -> None:
     text = repr(PythonSandbox(name="n", api_key="msb_secret"))
     assert "name='n'" in text and "secret" not in text
+
+
+async def test_an_ephemeral_start_sends_config_ephemeral(fake: FakeMsbServer, http: httpx.AsyncClient) -> None:
+    async with PythonSandbox.create(name="e", server_url=SERVER_URL, client=http, ephemeral=True):
+        pass
+    sb = PythonSandbox(name="f", server_url=SERVER_URL, client=http)
+    await sb.start(ephemeral=True)
+    await sb.stop()
+    starts = [c.params["config"] for c in fake.calls if c.method == "sandbox.start"]
+    assert starts == [{"image": "microsandbox/python", "memory": 512, "cpus": 1, "ephemeral": True}] * 2

@@ -94,6 +94,7 @@ async def test_spawn_status_and_stop(idle: tuple[Supervisor, Path]) -> None:
         assert (await proc.wait()).exit_code == 3
         status = await request(sock, {"op": "status"})
         assert status["name"] == "sb" and status["main_running"] is False and status["command"] is None
+        assert status["started_by"] == "boot" and status["start_ms"] == round(sup.sandbox.start_info.ms, 1)
         with pytest.raises(ControlError, match="no main process"):
             await RemoteProcess.open(sock, {"op": "attach"})
         assert (await request(sock, {"op": "stop"}))["t"] == "ok"

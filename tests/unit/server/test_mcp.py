@@ -106,6 +106,17 @@ async def test_tools_list_has_all_eight_with_object_schemas(url: str) -> None:
     assert set(run_code.input_schema["required"]) == {"sandbox", "namespace", "language", "code"}
 
 
+async def test_an_ephemeral_start_through_mcp_is_reported(service: FakeService) -> None:
+    service.pools = {PY["image"]: 1}
+    service.pool_taken = {PY["image"]: 0}
+    async with serve(build_mcp(service)) as url, connect(url) as session:
+        start = next(t for t in (await session.list_tools()).tools if t.name == "sandbox_start")
+        assert start.input_schema["properties"]["config"]["anyOf"][0]["properties"]["ephemeral"]
+        await call(session, "sandbox_start", sandbox="e", namespace=NS, config={**PY, "ephemeral": True})
+        [listed] = (await call(session, "sandbox_list", namespace=NS))["sandboxes"]
+        assert (listed["started_by"], listed["start_ms"]) == ("pool", 3.0)
+
+
 async def test_sandbox_lifecycle_with_shared_repl_state(url: str) -> None:
     async with connect(url) as session:
         started = await call(session, "sandbox_start", sandbox="py", namespace=NS, config=PY)

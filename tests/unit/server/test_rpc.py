@@ -164,11 +164,38 @@ async def test_the_backend_is_reported_as_additions(tmp_path: Path) -> None:
         c.headers["Authorization"] = "Bearer " + make_key(SECRET, namespace="team")
         r = await c.post(URL, json=call("server.info", {"namespace": "team"}))
         assert r.json()["result"] | {"isolation": ""} == {"backend": "gvisor", "accel": "none", "label": "gVisor",
-                                                          "isolation": ""}  # fmt: skip
+                                                          "isolation": "", "pools": []}  # fmt: skip
         assert (await c.post(URL, json=call("server.info", {"namespace": "other"}))).status_code == 403
         start = {"sandbox": "s1", "namespace": "team", "config": {"image": "microsandbox/python"}}
         await c.post(URL, json=call("sandbox.start", start))
         r = await c.post(URL, json=call("sandbox.metrics.get", {"namespace": "team"}))
         [m] = r.json()["result"]["sandboxes"]
-        assert set(m) == {"namespace", "name", "running", "cpu_usage", "memory_usage", "disk_usage", "backend", "accel"}
-        assert (m["backend"], m["accel"]) == ("gvisor", "none")
+        assert set(m) == {"namespace", "name", "running", "cpu_usage", "memory_usage", "disk_usage", "backend", "accel",
+                          "started_by", "start_ms"}  # fmt: skip
+        assert (m["backend"], m["accel"], m["started_by"]) == ("gvisor", "none", "boot")
+
+
+async def test_ephemeral_starts_and_pools_are_reported(tmp_path: Path) -> None:
+    """``config.ephemeral`` (ours) is accepted; ``started_by``/``start_ms`` and ``server.info``'s
+    ``pools`` say what the (fake) pool did."""
+    settings = ServerSettings(dev=True, storage=tmp_path)
+    app = build_app(settings, FakeService(pools={"microsandbox/python": 2}), secret=None)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://msb.test") as c:
+        for name, ephemeral in (("e", True), ("p", False)):
+            config = {"image": "microsandbox/python", "ephemeral": ephemeral}
+            params = {"sandbox": name, "namespace": "default", "config": config}
+            r = await c.post(URL, json=call("sandbox.start", params))
+            assert r.json()["result"] == f"Sandbox {name} started successfully"
+        r = await c.post(URL, json=call("sandbox.metrics.get", {"namespace": "default"}))
+        got = {m["name"]: (m["started_by"], m["start_ms"]) for m in r.json()["result"]["sandboxes"]}
+        assert got == {"e": ("pool", 3.0), "p": ("boot", 1100.0)}
+        [pool] = (await c.post(URL, json=call("server.info", {}))).json()["result"]["pools"]
+        assert (pool["label"], pool["size"], pool["ready"], pool["taken"]) == ("microsandbox/python", 2, 2, 1)
+        await c.post(URL, json=call("sandbox.stop", {"sandbox": "e", "namespace": "default"}))
+        r = await c.post(URL, json=call("sandbox.metrics.get", {"namespace": "default"}))
+        [p] = r.json()["result"]["sandboxes"]  # the ephemeral one is gone, files and all
+        assert p["name"] == "p"
+        await c.post(URL, json=call("sandbox.stop", {"sandbox": "p", "namespace": "default"}))
+        r = await c.post(URL, json=call("sandbox.metrics.get", {"namespace": "default"}))
+        [p] = r.json()["result"]["sandboxes"]
+        assert (p["running"], p["started_by"], p["start_ms"]) == (False, None, None)
