@@ -94,7 +94,7 @@ async def run(cold_runs: int = 10, rtt_runs: int = 200, py_runs: int = 10) -> di
         if not v.usable:
             per[v.name] = {"usable": False, "reason": v.reason}
             continue
-        engine = Engine(backend=v.name)
+        engine = Engine(backend=v.name, templates=False)  # cold boots; restores are bench/instant.py's
         await engine.prepare()
         cold = await _cold(engine, v.name, cold_runs)
         rtt = await _rtt(engine, v.name, rtt_runs)

@@ -141,7 +141,7 @@ def subprocess_floor(runs: int = 200) -> list[float]:
 
 
 async def bench_kernel(kernel: Kernel, cold_runs: int, rtt_runs: int) -> dict[str, Any]:
-    engine = Engine(backend="qemu", kernel=kernel)  # kernels are QEMU's; bench/backends.py compares backends
+    engine = Engine(backend="qemu", kernel=kernel, templates=False)  # cold boots of each kernel
     assets = await engine.prepare()
     cold = await cold_starts(engine, cold_runs)
     warm = await warm_numbers(engine, rtt_runs)

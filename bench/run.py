@@ -192,9 +192,15 @@ def render_backends(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_instant(r: dict[str, Any]) -> str:
+    from bench.instant import render
+
+    return render(r, _row)
+
+
 RENDERERS = {
-    "engine": render_engine, "backends": render_backends, "images": render_images, "server": render_server,
-    "tui": render_tui,
+    "engine": render_engine, "backends": render_backends, "instant": render_instant, "images": render_images,
+    "server": render_server, "tui": render_tui,
 }  # fmt: skip
 
 
@@ -228,6 +234,18 @@ async def _run(which: list[str], quick: bool) -> None:
         r["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         (RESULTS / "backends.json").write_text(json.dumps(r, indent=2) + "\n")
         write_doc("backends", render_backends(r))
+        print(json.dumps(r, indent=2))
+    if "instant" in which:
+        import os
+
+        from bench import instant
+
+        r = await instant.run(boot_runs=2 if quick else 5, restore_runs=5 if quick else 20,
+                              pool_runs=5 if quick else 30, py_runs=3 if quick else 15)  # fmt: skip
+        r["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        r["host"] = {"cpus": os.cpu_count()}
+        (RESULTS / "instant.json").write_text(json.dumps(r, indent=2) + "\n")
+        write_doc("instant", render_instant(r))
         print(json.dumps(r, indent=2))
     if "server" in which:
         import os

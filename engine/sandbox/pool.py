@@ -38,6 +38,7 @@ MATCH_FIELDS = ("rootfs", "root_image", "cpus", "memory_mib", "network", "persis
 """What a request must share with a shape; the rest (name, env, workdir, user, timeout) is
 applied when a member is handed out."""
 TAKE_IDENTITY_S = 5.0
+REFILL_DELAY_S = 0.5
 RETRY_MAX_S = 60.0
 
 Warm = Callable[[Sandbox], Awaitable[Any]]
@@ -176,7 +177,9 @@ class WarmPool:
                 continue
             while slot.members:
                 member = slot.members.pop(0)
-                slot.wake.set()
+                # refill a moment later: starting a VM now (a fork of this process, a busy
+                # vCPU) would slow down the sandbox being handed out, on its first commands
+                asyncio.get_running_loop().call_later(REFILL_DELAY_S, slot.wake.set)
                 if not self._alive(member):
                     slot.replaced += 1
                     log.warning("pool %s: a member died while idle; replaced", slot.shape.label)
