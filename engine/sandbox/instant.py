@@ -136,8 +136,11 @@ class Restorer:
         run_dir = paths.new_run_dir("template")
         tspec = template_spec(spec, stage, build_dir, run_dir)
         try:
-            with open(build_dir / "ram", "wb") as f:
-                f.truncate(spec.memory_mib << 20)  # sparse: untouched guest RAM costs no disk
+            fd = os.open(build_dir / "ram", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.ftruncate(fd, spec.memory_mib << 20)  # sparse: untouched guest RAM costs no disk
+            finally:
+                os.close(fd)
             if tspec.upper_image is not None and spec.upper_image is not None:
                 with open(tspec.upper_image, "wb") as f:
                     f.truncate(spec.upper_image.stat().st_size)

@@ -174,7 +174,8 @@ class TemplateStore:
     def new_build_dir(self, key: str) -> Path:
         d = self.root / f".build-{key}-{os.getpid()}"
         shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        d.mkdir(mode=0o700)  # a template's RAM is the guest's memory: not for other users to read
         return d
 
     def publish(self, build_dir: Path, template: Template) -> Template:
