@@ -37,8 +37,9 @@ from pydantic import BaseModel
 
 from engine.sandbox.spec import VolumeMount
 from engine.vm.backend import VmSpec
+from engine.vm.cmdline import upper_cmdline
 from engine.vm.network import network_cmdline
-from engine.vm.qemu import build_argv, upper_cmdline
+from engine.vm.qemu import build_argv
 from engine.vm.volumes import volume_cmdline
 
 log = logging.getLogger(__name__)

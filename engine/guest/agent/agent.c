@@ -61,57 +61,6 @@ void bad_frame(uint8_t type, uint32_t id, const char *why)
 	agent_log("invalid frame type 0x%02x id %u dropped: %s", type, id, why);
 }
 
-/* ---- shutdown ---- */
-
-/* Reaps whatever has exited; returns 0 once no child is left. */
-static int reap_some(void)
-{
-	for (;;) {
-		pid_t p = waitpid(-1, NULL, WNOHANG);
-		if (p > 0)
-			continue;
-		return !(p < 0 && errno == ECHILD);
-	}
-}
-
-void agent_exit(int code)
-{
-	if (g.pid1)
-		poweroff();
-	exec_kill_all();
-	if (g.krun) {
-		sync();
-		if (getpid() == 1) /* an older libkrun's init exec'd us: we are init */
-			poweroff();
-	}
-	exit(code);
-}
-
-static void shutdown_now(void)
-{
-	if (!g.pid1 && !g.krun)
-		agent_exit(0);
-	/* SIGTERM, a short grace for clean exits, then SIGKILL for the rest. As init of a QEMU VM
-	 * that is every process (kill(-1) spares us). Under libkrun it is our execs' process
-	 * groups only: the VM ends with us anyway, and kill(-1) must never reach a host's
-	 * processes should the agent run outside a VM. */
-	if (g.pid1)
-		kill(-1, SIGTERM);
-	else
-		exec_signal_all(SIGTERM);
-	int64_t end = mono_ms() + 500;
-	while (reap_some() && mono_ms() < end)
-		sleep_ms(5);
-	if (g.pid1)
-		kill(-1, SIGKILL);
-	else
-		exec_kill_all();
-	end = mono_ms() + 200;
-	while (reap_some() && mono_ms() < end)
-		sleep_ms(5);
-	agent_exit(0);
-}
-
 /* ---- frame dispatch ---- */
 
 static void on_ping(uint32_t id, const uint8_t *body, size_t n)

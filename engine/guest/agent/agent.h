@@ -156,6 +156,11 @@ void boot_resume(const uint8_t *params, uint32_t n, struct boot_times *t);
 void boot_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Logs to the console and powers off: a boot step that cannot be completed. */
 void boot_fatal(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+/* Waits (bounded) for the virtio-serial port named port and makes it the channel; fatal if
+ * it never appears (channel.c). */
+void open_channel(const char *port);
+/* SHUTDOWN: TERM then KILL every process, sync, power off or exit (shutdown.c). */
+void shutdown_now(void) __attribute__((noreturn));
 /* Syncs and ends the VM: reboot(2) only as PID 1, else _exit(1) (libkrun's init ends the VM). */
 void poweroff(void) __attribute__((noreturn));
 /* Makes sure fds 0-2 are open, so every fd opened later is >= 3 (spawn relies on it). */

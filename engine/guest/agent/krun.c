@@ -144,7 +144,7 @@ static int connect_host(unsigned port)
 	}
 }
 
-static void open_channel(void)
+static void open_vsock_channel(void)
 {
 	int fd = eb.port_fd;
 	if (fd >= 0) {
@@ -189,5 +189,5 @@ void boot_krun(struct boot_times *t, int dry_run)
 		volume_mount(&eb.vols[i], "virtiofs");
 	g.rw_fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	t->root = now_ns(CLOCK_BOOTTIME);
-	open_channel();
+	open_vsock_channel();
 }

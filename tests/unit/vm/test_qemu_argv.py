@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.vm import qemu
+from engine.vm import cmdline, qemu
 from engine.vm.backend import VmSpec
 from engine.vm.qemu import build_argv, kernel_cmdline
 
@@ -25,7 +25,7 @@ def option_values(argv: list[str], flag: str) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _tsc(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(qemu, "host_tsc_khz", lambda: 2_400_000)
+    monkeypatch.setattr(cmdline, "host_tsc_khz", lambda: 2_400_000)
 
 
 def test_microvm_uses_mmio_devices() -> None:
@@ -63,7 +63,7 @@ def test_tsc_early_khz_only_for_tcg_microvm(accel: str, machine: str, expected: 
 
 
 def test_unknown_tsc_rate_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(qemu, "host_tsc_khz", lambda: None)
+    monkeypatch.setattr(cmdline, "host_tsc_khz", lambda: None)
     assert "tsc_early_khz" not in kernel_cmdline(make_spec(accel="tcg", machine="microvm"))
 
 
