@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.vm import cmdline, qemu
+from engine.vm import cmdline
 from engine.vm.backend import VmSpec
 from engine.vm.qemu import build_argv, kernel_cmdline
 
