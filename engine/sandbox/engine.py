@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from engine import paths
 from engine.errors import ConfigError, KernelError, VmError
 from engine.sandbox.bootparts import DIR_UPPER, boot_error, check_layer_format
-from engine.sandbox.instant import Restorer, StartInfo, StartKind, restore_failed, templates_enabled
+from engine.sandbox.instant import Fallback, Restorer, StartInfo, StartKind, templates_enabled
 from engine.sandbox.sandbox import Sandbox
 from engine.sandbox.spec import SandboxSpec
 from engine.vm.accel import AccelVerdict, choose_accel
@@ -34,7 +34,7 @@ from engine.vm.initramfs import check_agent_current, ensure_initramfs
 from engine.vm.kernel import Kernel, read_bzimage_version, resolve_kernel
 from engine.vm.protocol import Ready
 from engine.vm.select import BackendVerdict, choose_backend, isolation_of, requested_backend
-from engine.vm.template import TemplateStore, stage_for
+from engine.vm.template import TemplateStore
 from engine.vm.volumes import check_host_dirs, check_volumes
 
 log = logging.getLogger(__name__)
@@ -204,16 +204,24 @@ class Engine:
                 raise
             return await (await self._fallback_engine()).start(spec)
         sandbox_id = uuid.uuid4().hex[:16]
-        started = await self._restore(vm_spec, spec)
+        try:
+            started = await self._restore(vm_spec, spec)
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         kind: StartKind = "restore"
         detail = ""
-        if isinstance(started, str) or started is None:
-            kind, detail = "boot", started or ""
+        if isinstance(started, Fallback):
+            kind, detail = "boot", started.reason
             try:
                 vm, client, ready, _ = await self._boot(vm_spec, spec.boot_timeout_s)
             except BaseException:
                 shutil.rmtree(run_dir, ignore_errors=True)
                 raise
+            if started.template is not None and self._restorer is not None:
+                # the boot worked where the restore did not: the template was at fault
+                self._restorer.store.discard(started.template, f"restoring from it failed: {started.reason}")
+                self._restorer.mark_failed(started.template, f"to restore ({started.reason})")
         else:
             vm, client, ready, detail = started
         boot_s = time.perf_counter() - t0
@@ -224,37 +232,13 @@ class Engine:
                  assets.accel.accel, f"; {detail}" if detail else "")  # fmt: skip
         return sandbox
 
-    async def _restore(
-        self, vm_spec: VmSpec, spec: SandboxSpec
-    ) -> tuple[VmHandle, AgentClient, Ready, str] | str | None:
-        """Start ``vm_spec`` from its template; the reason to boot instead (a string), or None
-        when templates are off or the backend has none."""
+    async def _restore(self, vm_spec: VmSpec, spec: SandboxSpec) -> tuple[VmHandle, AgentClient, Ready, str] | Fallback:
+        """Start ``vm_spec`` from its template, or say why to boot it instead."""
         if not templates_enabled(self._templates) or self.backend.name != "qemu":
-            return None
+            return Fallback("")
         if self._restorer is None:
             self._restorer = Restorer(self.backend, TemplateStore(self.cache_dir))
-        restorer = self._restorer
-        stage = stage_for(vm_spec)
-        try:
-            tpl, built_ms = await restorer.template_for(vm_spec, spec.boot_timeout_s)
-        except Exception as exc:
-            if not restore_failed(exc):
-                raise
-            log.warning("sandbox %s: building its template (%s stage) failed, booting it: %s", spec.name, stage, exc)
-            return f"no template ({str(exc).splitlines()[0][:200]})"
-        try:
-            vm, client, ready = await restorer.restore(vm_spec, tpl, spec.boot_timeout_s)
-        except Exception as exc:
-            if "write lock" in str(exc) or 'write" lock' in str(exc):
-                raise VmError(f"sandbox {spec.name!r} is already running (its disk is in use)",
-                              hint="stop the other instance first") from exc  # fmt: skip
-            if not restore_failed(exc):
-                raise
-            restorer.store.discard(tpl.key, f"restoring from it failed: {exc}")
-            restorer.mark_failed(tpl.key, f"to restore ({str(exc).splitlines()[0][:200]})")
-            log.warning("sandbox %s: restoring from its template failed, booting it: %s", spec.name, exc)
-            return f"restore failed ({str(exc).splitlines()[0][:200]})"
-        return vm, client, ready, "" if built_ms is None else f"template built in {built_ms:.0f} ms"
+        return await self._restorer.try_start(vm_spec, spec.boot_timeout_s)
 
     async def _follow_layer(self, spec: SandboxSpec) -> Engine | None:
         """For ``auto``: the engine of the backend kind a persistent sandbox's files are in,

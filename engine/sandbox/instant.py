@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel
@@ -45,6 +46,15 @@ WARMUP = "true; command -v python3 >/dev/null && python3 -c pass; true"
 cache, so restored sandboxes start these programs without disk reads."""
 WARMUP_TIMEOUT_S = 120.0
 RETRY_AFTER_S = 600.0
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """Why a start boots instead of restoring, and the template to drop if the boot works
+    (then the template, not the sandbox's spec or the host, was at fault)."""
+
+    reason: str
+    template: str | None = None
 
 
 class StartInfo(BaseModel):
@@ -101,6 +111,31 @@ class Restorer:
     def mark_failed(self, key: str, why: str) -> None:
         self._failed[key] = (time.monotonic() + RETRY_AFTER_S, why)
 
+    async def try_start(self, spec: VmSpec, deadline: float) -> tuple[VmHandle, AgentClient, Ready, str] | Fallback:
+        """Restore ``spec`` from its template (built now if missing), or say why it boots.
+
+        Raises:
+            VmError: the sandbox is already running (its disk is locked).
+        """
+        try:
+            tpl, built_ms = await self.template_for(spec, deadline)
+        except Exception as exc:
+            if not restore_failed(exc):
+                raise
+            log.warning("sandbox %s: no template (%s stage), booting it: %s", spec.name, stage_for(spec), exc)
+            return Fallback(f"no template ({_first_line(exc)})")
+        try:
+            vm, client, ready = await self.restore(spec, tpl, deadline)
+        except Exception as exc:
+            if "write lock" in str(exc) or 'write" lock' in str(exc):
+                raise VmError(f"sandbox {spec.name!r} is already running (its disk is in use)",
+                              hint="stop the other instance first") from exc  # fmt: skip
+            if not restore_failed(exc):
+                raise
+            log.warning("sandbox %s: restoring from its template failed, booting it: %s", spec.name, exc)
+            return Fallback(f"restore failed ({_first_line(exc)})", template=tpl.key)
+        return vm, client, ready, "" if built_ms is None else f"template built in {built_ms:.0f} ms"
+
     async def template_for(self, spec: VmSpec, deadline: float) -> tuple[Template, float | None]:
         """The template of ``spec``'s shape, built now if there is none.
 
@@ -124,7 +159,7 @@ class Restorer:
                 try:
                     tpl = await self._build(spec, stage, key, deadline)
                 except Exception as exc:
-                    self.mark_failed(key, f"to build ({str(exc).splitlines()[0][:200]})")
+                    self.mark_failed(key, f"to build ({_first_line(exc)})")
                     raise
                 return tpl, tpl.build_ms
             finally:
@@ -203,6 +238,10 @@ async def identify(client: AgentClient, name: str) -> None:
     """Fresh entropy, the wall clock and ``name`` as hostname (after every restore, and again
     when a pool member becomes a sandbox)."""
     await client.identify(entropy=os.urandom(ENTROPY_BYTES), realtime_ns=time.time_ns(), hostname=name[:63])
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 def restore_failed(exc: BaseException) -> bool:

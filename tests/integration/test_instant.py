@@ -162,3 +162,26 @@ async def test_templates_off_boots(tmp_path: Path, busybox_rootfs: Path) -> None
     async with await engine.start(spec(busybox_rootfs)) as sb:
         assert sb.start_info.kind == "boot"
         assert (await sb.exec(["true"])).exit_code == 0
+
+
+async def test_a_start_that_cannot_boot_either_keeps_the_template(tmp_path: Path, busybox_rootfs: Path) -> None:
+    """A port already taken on the host fails the restore and the boot alike: the template was
+    not at fault and stays."""
+    import socket
+
+    from engine.errors import MsbError
+    from engine.sandbox.spec import PortMap
+
+    engine = await qemu_engine(tmp_path)
+    await (await engine.start(spec(busybox_rootfs, network="group"))).kill()
+    (tpl,) = [d for d in (tmp_path / "templates").iterdir() if d.is_dir()]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = (PortMap(host_port=port, guest_port=8080),)
+        with pytest.raises(MsbError):
+            await engine.start(spec(busybox_rootfs, network="group", ports=ports))
+    assert tpl.exists()
+    async with await engine.start(spec(busybox_rootfs, network="group")) as sb:
+        assert sb.start_info.kind == "restore" and sb.start_info.detail == ""
