@@ -21,7 +21,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel
 
 from engine import paths
-from engine.errors import BootError, ProtocolError, VmError
+from engine.errors import BootError, ExecError, MsbError, VmError
 from engine.vm.agent import AgentClient
 from engine.vm.backend import VmBackend, VmHandle, VmSpec
 from engine.vm.protocol import PROTOCOL_VERSION, Ready
@@ -188,8 +188,11 @@ class Restorer:
                 else:
                     ready = await race(vm, client.wait_ready(), deadline, "building its template", spec.name)
                     agent_version, timings = ready.agent_version, ready.timings_ns
-                    await race(vm, client.exec(["/bin/sh", "-c", WARMUP]), WARMUP_TIMEOUT_S, "warming it up",
-                               spec.name)  # fmt: skip
+                    try:
+                        await race(vm, client.exec(["/bin/sh", "-c", WARMUP]), WARMUP_TIMEOUT_S, "warming it up",
+                                   spec.name)  # fmt: skip
+                    except ExecError as exc:  # no /bin/sh in the image: a template all the same
+                        log.info("template %s: no warm-up (%s)", key[:12], exc.message)
                 state_bytes = await save_state(vm, build_dir / "state")  # type: ignore[arg-type]
             finally:
                 await vm.kill()
@@ -245,5 +248,5 @@ def _first_line(exc: BaseException) -> str:
 
 
 def restore_failed(exc: BaseException) -> bool:
-    """Errors after which a start falls back to a cold boot."""
-    return isinstance(exc, (VmError, BootError, ProtocolError, OSError))
+    """Errors after which a start falls back to a cold boot (any of ours, and the host's)."""
+    return isinstance(exc, (MsbError, OSError))
