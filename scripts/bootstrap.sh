@@ -27,6 +27,7 @@ declare -A NEED=(
   [unshare]=util-linux                # gVisor backend: network namespaces, runsc's wrapper
   [nsenter]=util-linux
   [ip]=iproute2
+  [depmod]=kmod                       # the guest kernel's module dependencies (initramfs)
 )
 missing=()
 for bin in "${!NEED[@]}"; do
