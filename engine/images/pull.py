@@ -29,6 +29,7 @@ from engine.images.oci import (
     parse_json,
     parse_manifest,
 )
+from engine.images.policy import PullPolicy
 from engine.images.progress import NO_PROGRESS, Progress
 from engine.images.reference import ImageRef
 from engine.images.registry import ImageRegistry, OrasRegistry
@@ -68,17 +69,25 @@ async def pull_image(
     platform: Platform | None = None,
     progress: Progress = NO_PROGRESS,
     concurrency: int = CONCURRENCY,
+    policy: PullPolicy | None = None,
 ) -> PullResult:
     """Pull ``ref`` into ``store``.
 
+    Args:
+        registry: the client to use; by default an :class:`OrasRegistry` under ``policy``.
+        policy: for a pull an API client asked for (no operator credentials, no private
+            registries unless allowed); None for the operator's own pulls. It only shapes the
+            default client: a ``registry`` passed in is used as it is.
+
     Raises:
+        RegistryPolicyError: ``policy`` forbids the registry's address (nothing was sent).
         ConfigError: malformed reference.
         AuthError: the registry wants (other) credentials.
         RegistryError: unreachable or failing registry (the hint says what to do).
         ImageError: missing image, unsupported or malformed image, verification failed twice.
     """
     ref = ImageRef.parse(ref) if isinstance(ref, str) else ref
-    registry = registry or OrasRegistry()
+    registry = registry or OrasRegistry(policy=policy)
     platform = platform or host_platform()
     name = store_name(ref)
     try:
@@ -223,12 +232,18 @@ async def fetch_verified(
 
 
 async def ensure_image(
-    ref: ImageRef | str, store: ImageStore, registry: ImageRegistry | None = None, *, progress: Progress = NO_PROGRESS
+    ref: ImageRef | str,
+    store: ImageStore,
+    registry: ImageRegistry | None = None,
+    *,
+    progress: Progress = NO_PROGRESS,
+    policy: PullPolicy | None = None,
 ) -> ImageRecord:
-    """The stored image for ``ref``, pulling it only if the store does not have it."""
+    """The stored image for ``ref``, pulling it (under ``policy``, see :func:`pull_image`) only
+    if the store does not have it."""
     text = str(ref)
     found = store.find(text)
     if found is not None:
         return found
     parsed = ImageRef.parse(text) if isinstance(ref, str) else ref
-    return (await pull_image(parsed, store, registry, progress=progress)).record
+    return (await pull_image(parsed, store, registry, progress=progress, policy=policy)).record

@@ -11,6 +11,8 @@ sessions, the bearer-token flow, blob uploads). What we add on top:
 - bounded reads of manifests, and blob downloads that stream into the store's verifying
   writer, resuming a partial file with a range request;
 - plain HTTP only for loopback registries or ones named in ``MSB_INSECURE_REGISTRIES``.
+- pulls API clients ask for run under a :class:`~engine.images.policy.PullPolicy`: no stored
+  credentials unless allowed, no loopback/private addresses unless listed.
 
 Every method is async; the blocking ``requests`` calls run in worker threads.
 """
@@ -36,6 +38,7 @@ from engine.errors import AuthError, ImageError, RegistryError
 from engine.images import credentials
 from engine.images.credentials import Credentials
 from engine.images.oci import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, digest_bytes
+from engine.images.policy import PolicySession, PullPolicy
 from engine.images.reference import ImageRef
 from engine.images.store import BlobWriter
 
@@ -83,11 +86,15 @@ def insecure_hosts() -> set[str]:
 class _HostClient(oras.provider.Registry):  # type: ignore[misc]
     """One registry host: an oras Registry with msb's request loop and auth handling."""
 
-    def __init__(self, host: str, *, plain_http: bool, creds: Credentials | None) -> None:
+    def __init__(self, host: str, *, plain_http: bool, creds: Credentials | None,
+                 policy: PullPolicy | None = None) -> None:  # fmt: skip
         super().__init__(hostname=host, insecure=plain_http, tls_verify=True, auth_backend="token")
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        if policy is not None:  # token requests share the session, so they are checked too
+            self.session = self.auth.session = PolicySession(policy)
+        else:
+            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16)
+            self.session.mount("http://", adapter)
+            self.session.mount("https://", adapter)
         self.host = host
         self.creds = creds
         self._auth_header: dict[str, str] = {}
@@ -240,10 +247,20 @@ class OrasRegistry:
         creds: dict[str, Credentials] | None = None,
         insecure: set[str] | None = None,
         use_stored_credentials: bool = True,
+        policy: PullPolicy | None = None,
     ) -> None:
+        """Args:
+        creds: credentials per registry host, used before any stored ones.
+        insecure: hosts spoken to over plain HTTP (besides loopback and ``MSB_INSECURE_REGISTRIES``).
+        use_stored_credentials: look up msb's auth file and Docker's config.
+        policy: a pull an API client asked for (:mod:`engine.images.policy`): no stored
+            credentials unless it allows them, no private addresses unless listed. None: the
+            operator's own pull, unrestricted.
+        """
         self._creds = dict(creds or {})
         self._insecure = (insecure or set()) | insecure_hosts()
-        self._use_stored = use_stored_credentials
+        self._use_stored = use_stored_credentials and (policy is None or policy.use_credentials)
+        self._policy = policy
         self._clients: dict[str, _HostClient] = {}
         self._lock = threading.Lock()
 
@@ -259,7 +276,7 @@ class OrasRegistry:
                 creds = self._creds.get(ref.registry)
                 if creds is None and self._use_stored:
                     creds = credentials.lookup(ref.registry)
-                client = _HostClient(host, plain_http=self.plain_http(ref), creds=creds)
+                client = _HostClient(host, plain_http=self.plain_http(ref), creds=creds, policy=self._policy)
                 self._clients[host] = client
             return client
 

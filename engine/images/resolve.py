@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from engine import paths
 from engine.errors import AuthError, ConfigError, ImageError
+from engine.images.policy import PullPolicy
 from engine.images.progress import NO_PROGRESS, Progress
 from engine.images.pull import OFFLINE_IMAGES, ensure_image
 from engine.images.reference import ImageRef
@@ -61,11 +62,14 @@ async def resolve_root(
     registry: ImageRegistry | None = None,
     progress: Progress = NO_PROGRESS,
     base_dir: Path | None = None,
+    policy: PullPolicy | None = None,
 ) -> ResolvedRoot:
     """Resolve an IMAGE argument (pulling and building as needed).
 
     Args:
         base_dir: what relative directory paths are relative to (a Sandboxfile's folder).
+        policy: for an image an API client asked for: what its pull may reach and send
+            (:class:`~engine.images.policy.PullPolicy`); None for the operator's own use.
 
     Raises:
         ConfigError: a directory that does not exist; a malformed reference.
@@ -82,7 +86,7 @@ async def resolve_root(
     store = store or ImageStore.default()
     cache_dir = cache_dir or paths.cache_dir()
     try:
-        record = await ensure_image(text, store, registry, progress=progress)
+        record = await ensure_image(text, store, registry, progress=progress, policy=policy)
     except ImageError as exc:
         ref = ImageRef.parse(text)
         if ref.name not in OFFLINE_IMAGES or ref.tag != "latest" or isinstance(exc, AuthError):
