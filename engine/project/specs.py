@@ -3,12 +3,15 @@ keyword overrides for :meth:`engine.images.resolve.ResolvedRoot.spec`, and the c
 ``msb run NAME[~SCRIPT] [-- ARGS]`` runs.
 
 Used by the CLI runtime and by the server (which passes ``confine=True``: there the volume
-host paths come from API clients and must stay inside the namespace directory).
+host paths come from API clients and must stay inside the namespace's volume area).
 """
 
 from __future__ import annotations
 
+import os
+import posixpath
 import shlex
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -20,28 +23,42 @@ from engine.sandbox.spec import PortMap, VolumeMount
 DEFAULT_MEMORY_MIB = 512
 DEFAULT_SHELL = "/bin/sh"
 DEFAULT_SCOPE = "public"
+PROJECT_STATE = ".menv"
+"""The project's state directory beside its Sandboxfile (engine.project.runtime)."""
 
 
 def parse_volume(text: str, base_dir: Path, *, confine: bool = False) -> VolumeMount:
     """``"host:guest[:ro|:rw]"`` → a mount; the host path is relative to ``base_dir`` (the
-    Sandboxfile's directory), ``~`` is expanded, symlinks are resolved.
+    Sandboxfile's directory, or a server namespace's volume area).
+
+    A relative host path that stays inside ``base_dir`` is walked one component at a time
+    without following any symlink: a sandbox with a writable volume there could have made
+    one, and it must not redirect another sandbox's volume anywhere on the host. A path that
+    leaves ``base_dir`` (absolute, ``~``, ``../``) is the user's own words and is resolved;
+    with ``confine`` (the server: paths come from API clients) it is refused.
 
     Args:
-        confine: the resolved host directory must be ``base_dir`` or below it.
+        confine: the host directory must be ``base_dir`` or below it, named relatively.
 
     Raises:
-        ConfigError: bad syntax, a host directory that does not exist (or is a file), or one
-            outside ``base_dir`` when confined.
+        ConfigError: bad syntax, a host directory that does not exist (or is a file), a
+            symlink inside ``base_dir``, or a path outside ``base_dir`` when confined.
     """
     try:
         host, guest, readonly = split_volume(text)
     except SyntaxProblem as exc:
         raise ConfigError(f"volume {exc.detail}", hint=exc.hint) from None
     base = base_dir.resolve()
-    path = (base / Path(host).expanduser()).resolve()
-    if confine and not path.is_relative_to(base):
-        raise ConfigError(f"volume {text!r}: {path} is outside {base}",
-                          hint="volume host paths must stay inside the project directory")  # fmt: skip
+    rel = posixpath.normpath(host)
+    outside = host.startswith(("/", "~")) or rel == ".." or rel.startswith("../")
+    if outside and confine:
+        raise ConfigError(f"volume {text!r}: the host path must be relative to the namespace's volume area",
+                          hint="name a directory inside it, e.g. \"data:/data\" or \".:/work\"")  # fmt: skip
+    if outside:
+        path = (base / Path(host).expanduser()).resolve()
+    else:
+        path = base / rel if rel != "." else base
+        _check_no_symlinks(base, rel, text)
     if not path.exists():
         raise ConfigError(f"volume {text!r}: host directory {path} does not exist",
                           hint=f"create it (mkdir -p {shlex.quote(str(path))}) or fix the path")  # fmt: skip
@@ -49,6 +66,33 @@ def parse_volume(text: str, base_dir: Path, *, confine: bool = False) -> VolumeM
         raise ConfigError(f"volume {text!r}: {path} is not a directory",
                           hint="only directories can be shared; mount the directory that holds the file")  # fmt: skip
     return VolumeMount(host=path, guest=guest.rstrip("/"), readonly=readonly)
+
+
+def _check_no_symlinks(base: Path, rel: str, text: str) -> None:
+    """Walk ``rel`` below ``base`` with ``O_NOFOLLOW``; a missing component is left for the
+    caller to report.
+
+    Raises:
+        ConfigError: a component is a symlink.
+    """
+    fd = os.open(base, os.O_PATH | os.O_DIRECTORY)
+    try:
+        for part in [p for p in rel.split("/") if p not in ("", ".")]:
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return
+            if stat.S_ISLNK(st.st_mode):
+                raise ConfigError(f"volume {text!r}: {part!r} is a symlink, and volume paths inside {base} are "
+                                  "never followed through symlinks (a sandbox could have made it)",
+                                  hint="name the real directory (an absolute path on the CLI)")  # fmt: skip
+            if not stat.S_ISDIR(st.st_mode):
+                return
+            nfd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
 
 
 def parse_port(text: str) -> PortMap:
@@ -103,6 +147,8 @@ def spec_overrides(entry: SandboxEntry, base_dir: Path, *, confine: bool = False
             one host address and port.
     """
     volumes = [parse_volume(v, base_dir, confine=confine) for v in entry.volumes]
+    if not confine:
+        _refuse_writable_state(volumes, base_dir.resolve() / PROJECT_STATE, entry.volumes)
     ports = [parse_port(p) for p in entry.ports]
     _unique("volume", [v.guest for v in volumes], entry.volumes)
     _unique("port", [(p.host_ip, p.host_port, p.protocol) for p in ports], entry.ports)
@@ -115,6 +161,20 @@ def spec_overrides(entry: SandboxEntry, base_dir: Path, *, confine: bool = False
         "ports": tuple(ports),
         "network": entry.scope or DEFAULT_SCOPE,
     }
+
+
+def _refuse_writable_state(volumes: list[VolumeMount], state: Path, texts: list[str]) -> None:
+    """A project's ``.menv`` holds what msb trusts (persistent layers, run state, sockets): a
+    sandbox must not be able to write it through a volume.
+
+    Raises:
+        ConfigError: a read-write volume is ``.menv`` or one of its parents.
+    """
+    for vol, text in zip(volumes, texts, strict=True):
+        if not vol.readonly and state.is_relative_to(vol.host):
+            raise ConfigError(f"volume {text!r} would let the sandbox write {state}, where msb keeps the project's "
+                              "sandboxes (their files, run state and sockets)",
+                              hint=f"mount a subdirectory instead (e.g. ./src:{vol.guest}), or add :ro")  # fmt: skip
 
 
 def command_for(entry: SandboxEntry, defaults: ImageDefaults, script: str | None, args: list[str]) -> list[str] | None:

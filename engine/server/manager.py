@@ -1,11 +1,13 @@
 """``SandboxManager``: the real :class:`~engine.server.service.SandboxService` — namespaces,
-their Sandboxfiles, and the running sandboxes.
+their sandboxes' definitions and persistent layers, and the running sandboxes.
 
-Each namespace is a directory under ``<storage>/namespaces/<ns>/`` holding a ``Sandboxfile``
-and ``.menv/`` (persistent writable layers under ``.menv/sandboxes/<name>``). Sandboxes the
+The server owns its state (:mod:`engine.server.state`): definitions and persistent layers in
+``<storage>/sandboxes/<ns>/<name>/`` (0700, never mounted into any sandbox); volumes come only
+from the namespace's data area ``<storage>/volumes/<ns>/``. What API clients may ask for is
+checked by :mod:`engine.server.tenancy` before anything is resolved or started. Sandboxes the
 server starts are persistent: their files survive a crash or restart of the server or the VM.
 Ephemeral ones (``config.ephemeral``, our addition) have no writable layer on disk and write
-no Sandboxfile entry; a warm pool of their image (:mod:`engine.server.pools`) can serve them.
+no definition; a warm pool of their image (:mod:`engine.server.pools`) can serve them.
 
 One backend per server: the manager's :class:`~engine.sandbox.engine.Engine` chooses it at
 start (``msb server start --backend``, ``MSB_BACKEND``, else auto) and every sandbox runs on it.
@@ -18,9 +20,9 @@ import logging
 import re
 from pathlib import Path
 
-from engine.errors import ConfigError, MsbError, NotFoundError, SandboxStateError
+from engine.errors import ConfigError, NotFoundError, SandboxStateError
 from engine.images.resolve import resolve_root
-from engine.project.sandboxfile import SandboxEntry, Sandboxfile, entry_from_dict
+from engine.project.sandboxfile import SandboxEntry, entry_from_dict
 from engine.project.specs import spec_overrides
 from engine.repl.models import CommandResult, ReplResult
 from engine.repl.pool import ReplPool
@@ -32,18 +34,14 @@ from engine.server.output import collect_command
 from engine.server.pools import ServerPools
 from engine.server.service import SandboxConfig, SandboxInfo, SandboxMetrics, ServerInfo
 from engine.server.settings import Limits, PoolSetting
+from engine.server.state import ServerState, migrate_legacy
+from engine.server.tenancy import LimitError, Quotas, TenantPolicy, tree_mib
 from engine.vm.accel import TCG_WARNING
 from engine.vm.select import backend_label, isolation_of
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(NAME_PATTERN)
 DEFAULT_MEMORY_MIB = 512
-
-
-class LimitError(MsbError):
-    """A configured server limit was hit."""
-
-    code = -32030
 
 
 def check_name(kind: str, value: str) -> None:
@@ -74,16 +72,22 @@ class SandboxManager:
     """Starts, tracks and stops the server's sandboxes."""
 
     def __init__(self, storage: Path, limits: Limits | None = None, *, engine: Engine | None = None,
-                 pools: list[PoolSetting] | None = None, pool_max_mib: float | None = None) -> None:  # fmt: skip
+                 pools: list[PoolSetting] | None = None, pool_max_mib: float | None = None,
+                 policy: TenantPolicy | None = None) -> None:  # fmt: skip
         """Args:
-        storage: the state directory (namespaces live in ``<storage>/namespaces``).
-        limits: the server's limits.
+        storage: the state directory (:mod:`engine.server.state`); one of the old layout is
+            migrated here, once.
+        limits: the server's limits and tenant quotas.
         engine: what starts sandboxes (default: an Engine on ``MSB_BACKEND``/auto).
         pools: warm pools of ephemeral sandboxes, filled from :meth:`prepare` on.
         pool_max_mib: bound of all pool members' memory (default: WarmPool's).
+        policy: the operator's allowances for API clients (directory images, public ports).
         """
-        self.root = storage / "namespaces"
+        self.state = ServerState(storage)
+        self.migration_refused = migrate_legacy(self.state)
         self.limits = limits or Limits()
+        self.policy = policy or TenantPolicy()
+        self.quotas = Quotas(self.limits)
         self.engine = engine or Engine()
         self.pools = ServerPools(self.engine, pools or [], max_mib=pool_max_mib)
         self._running: dict[tuple[str, str], _Running] = {}
@@ -91,9 +95,10 @@ class SandboxManager:
 
     # --- helpers -------------------------------------------------------------------------
 
-    def namespace_dir(self, namespace: str) -> Path:
+    def volume_area(self, namespace: str) -> Path:
+        """The namespace's data area: what its volumes' host paths are relative to."""
         check_name("namespace", namespace)
-        return self.root / namespace
+        return self.state.volume_area(namespace)
 
     def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -106,7 +111,7 @@ class SandboxManager:
             raise NotFoundError(f"Invalid params: Sandbox '{name}' not found",
                                 hint=f"start it first (sandbox.start) in namespace {namespace!r}")  # fmt: skip
         if run.sandbox.status is not Status.RUNNING:
-            self._running.pop((namespace, name), None)
+            self._forget(namespace, name)
             raise SandboxStateError(f"sandbox {name!r} is {run.sandbox.status.value}",
                                     hint="start it again with sandbox.start")  # fmt: skip
         return run
@@ -114,83 +119,89 @@ class SandboxManager:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self, namespace: str, name: str, config: SandboxConfig | None) -> str:
+        check_name("namespace", namespace)
         check_name("sandbox", name)
-        ns_dir = self.namespace_dir(namespace)
         key = (namespace, name)
         async with self._lock(key):
             current = self._running.get(key)
             if current is not None and current.sandbox.status is Status.RUNNING:
                 return f"Sandbox {name} started successfully"
+            self._forget(namespace, name)
             ephemeral = bool(config is not None and config.ephemeral)
-            entry = self._entry(ns_dir, name, config, save=not ephemeral)
-            running = sum(1 for r in self._running.values() if r.sandbox.status is Status.RUNNING)
-            if running >= self.limits.max_sandboxes:
-                raise LimitError(f"this server already runs {self.limits.max_sandboxes} sandboxes (its limit)",
-                                 hint="stop one (sandbox.stop) or raise MSB_MAX_SANDBOXES")  # fmt: skip
-            if not entry.image:
-                raise ConfigError(f"Invalid params: sandbox {name!r} has no image",
-                                  hint="pass config.image, e.g. microsandbox/python")  # fmt: skip
-            await self._check_backend(name, entry)
-            # API clients choose volume paths: they must stay inside the namespace directory
-            overrides = spec_overrides(entry, ns_dir, confine=True)
-            root = await resolve_root(entry.image, base_dir=ns_dir)
-            persist = None if ephemeral else ns_dir / ".menv" / "sandboxes" / name
-            spec = root.spec(name, persist_dir=persist, **overrides)
-            taken = await self.pools.take(spec) if ephemeral else None
-            if taken is not None:
-                run = _Running(taken[0], entry.image, self.limits.max_execs_per_sandbox, taken[1])
-            else:
-                run = _Running(await self.engine.start(spec), entry.image, self.limits.max_execs_per_sandbox)
+            entry = self._entry(namespace, name, config)
+            memory = entry.memory or DEFAULT_MEMORY_MIB
+            self.quotas.check_shape(memory, entry.cpus)
+            self.quotas.reserve(namespace, name, memory)  # before any await: concurrent starts cannot race past it
+            try:
+                run = await self._start_reserved(namespace, name, entry, ephemeral)
+            except BaseException:
+                self.quotas.release(namespace, name)
+                raise
+            if not ephemeral:
+                self.state.save(namespace, name, entry)
             self._running[key] = run
             log.info("sandbox started", extra={"namespace": namespace, "sandbox": name, "image": entry.image,
                                                "ephemeral": ephemeral, "started_by": run.started_by,
                                                "start_ms": run.start_ms})  # fmt: skip
             return f"Sandbox {name} started successfully"
 
-    def _entry(self, ns_dir: Path, name: str, config: SandboxConfig | None, *, save: bool = True) -> SandboxEntry:
-        """With ``config.image``: the entry it describes, written to the Sandboxfile (comments
-        kept) unless ``save`` is False (ephemeral sandboxes). Without: the entry must already
-        be there."""
-        path = ns_dir / "Sandboxfile"
+    async def _start_reserved(self, namespace: str, name: str, entry: SandboxEntry, ephemeral: bool) -> _Running:
+        """Check what the client asked of the host, resolve the image, start (or take from a pool)."""
+        assert entry.image is not None
+        image_dir = self.policy.check_image(entry.image)
+        area = self.volume_area(namespace)
+        overrides = spec_overrides(entry, area, confine=True)
+        self.policy.check_ports(overrides["ports"])
+        if overrides["volumes"]:
+            self._check_disk("volume area", area, self.limits.max_volume_mib)
+        persist = None
+        if not ephemeral:
+            persist = self.state.sandbox_dir(namespace, name)
+            self._check_disk("persistent layer", persist, self.limits.max_disk_mib)
+        root = await resolve_root(str(image_dir) if image_dir else entry.image, policy=self.policy.pull)
+        spec = root.spec(name, persist_dir=persist, disk_mib=self.limits.max_disk_mib, **overrides)
+        limit = self.limits.max_execs_per_sandbox
+        taken = await self.pools.take(spec) if ephemeral else None
+        if taken is not None:
+            return _Running(taken[0], entry.image, limit, taken[1])
+        return _Running(await self.engine.start(spec), entry.image, limit)
+
+    @staticmethod
+    def _check_disk(what: str, path: Path, max_mib: int) -> None:
+        used = tree_mib(path, max_mib)
+        if used > max_mib:
+            raise LimitError(f"the {what} holds more than {max_mib} MiB (its quota)",
+                             hint="delete files in it, or the operator raises the limit")  # fmt: skip
+
+    def _forget(self, namespace: str, name: str) -> None:
+        """Drop a sandbox that stopped or crashed from the books (and its quota)."""
+        self._running.pop((namespace, name), None)
+        self.quotas.release(namespace, name)
+
+    def _entry(self, namespace: str, name: str, config: SandboxConfig | None) -> SandboxEntry:
+        """With ``config.image``: the definition it describes (saved once the sandbox runs, unless
+        ephemeral). Without: the definition saved before."""
         if config is not None and config.image:
-            sbf = Sandboxfile.load(path, create=True)
-            old = sbf.get(name)
             fields = {
                 "image": config.image, "memory": config.memory, "cpus": config.cpus, "volumes": config.volumes,
                 "ports": config.ports, "envs": config.envs, "workdir": config.workdir, "shell": config.shell,
                 "scripts": config.scripts,
             }  # fmt: skip
-            extra = {} if old is None else old.model_extra or {}
-            entry = entry_from_dict({**extra, **{k: v for k, v in fields.items() if v is not None}})
-            if save:
-                sbf.set_sandbox(name, entry)
-                sbf.save()
-            return entry
-        found = Sandboxfile.load(path, create=True).get(name)
-        if found is None:
-            raise NotFoundError(
-                f"Invalid params: Sandbox '{name}' not found",
-                hint="pass config.image to define it, or add it to the namespace's Sandboxfile",
-            )
+            return entry_from_dict({k: v for k, v in fields.items() if v is not None})
+        found = self.state.load(namespace, name)
+        if found is None or not found.image:
+            raise NotFoundError(f"Invalid params: Sandbox '{name}' not found",
+                                hint="pass config.image to define it (e.g. microsandbox/python)")  # fmt: skip
         return found
-
-    async def _check_backend(self, name: str, entry: SandboxEntry) -> None:
-        """A Sandboxfile ``backend:`` other than this server's is refused, not quietly ignored."""
-        if entry.backend in (None, "auto"):
-            return
-        info = await self.info()
-        if entry.backend != info.backend:
-            raise ConfigError(f"Invalid params: sandbox {name!r} asks for backend {entry.backend!r}, but this "
-                              f"server runs its sandboxes on {info.label}",
-                              hint="one backend per server: remove backend: from the namespace's Sandboxfile, "
-                              f"or run a server with `msb server start --backend {entry.backend}`")  # fmt: skip
 
     async def stop(self, namespace: str, name: str) -> str:
         run = self._get(namespace, name)
         async with self._lock((namespace, name)):
-            await run.repl.close()
-            await run.sandbox.stop()
-            self._running.pop((namespace, name), None)
+            try:
+                await run.repl.close()
+                await run.sandbox.stop()
+            finally:
+                self._forget(namespace, name)
         return f"Sandbox {name} stopped successfully"
 
     async def prepare(self) -> None:
@@ -220,7 +231,8 @@ class SandboxManager:
         """Drop the warm pools and stop every sandbox cleanly (server exit)."""
         await self.pools.close()
         runs = list(self._running.values())
-        self._running.clear()
+        for key in list(self._running):
+            self._forget(*key)
         await asyncio.gather(*(self._stop_quietly(r) for r in runs))
 
     @staticmethod
@@ -236,7 +248,11 @@ class SandboxManager:
     async def run_code(self, namespace: str, name: str, language: str, code: str,
                        timeout: float | None) -> ReplResult:  # fmt: skip
         run = self._get(namespace, name)
-        return await run.repl.run(language, code, timeout)
+        self.quotas.begin_exec(namespace)
+        try:
+            return await run.repl.run(language, code, timeout)
+        finally:
+            self.quotas.end_exec(namespace)
 
     async def run_command(self, namespace: str, name: str, command: str, args: list[str],
                           timeout: float | None) -> CommandResult:  # fmt: skip
@@ -244,11 +260,13 @@ class SandboxManager:
         if run.execs >= run.limit:
             raise LimitError(f"sandbox {name!r} already runs {run.limit} commands (its limit)",
                              hint="wait for some to finish or raise MSB_MAX_EXECS_PER_SANDBOX")  # fmt: skip
+        self.quotas.begin_exec(namespace)
         run.execs += 1
         try:
-            return await collect_command(run.sandbox, command, args, timeout, self.limits.max_output_bytes)
+            return await collect_command(run.sandbox, command, args, timeout, self.limits)
         finally:
             run.execs -= 1
+            self.quotas.end_exec(namespace)
 
     async def metrics(self, namespace: str, name: str | None) -> list[SandboxMetrics]:
         if namespace != "*":
@@ -275,18 +293,9 @@ class SandboxManager:
         return out
 
     def _known(self, namespace: str) -> list[tuple[str, str]]:
-        """Sandboxes running or defined in a Sandboxfile, of one namespace or all."""
+        """Sandboxes running or defined, of one namespace or all."""
         keys = {k for k in self._running if namespace in ("*", k[0])}
-        if namespace != "*":
-            dirs = [self.root / namespace]
-        else:
-            dirs = sorted(self.root.iterdir()) if self.root.is_dir() else []
-        for d in dirs:
-            if (d / "Sandboxfile").is_file():
-                try:
-                    keys.update((d.name, n) for n in Sandboxfile.load(d / "Sandboxfile").names())
-                except ConfigError:
-                    log.warning("unreadable Sandboxfile in namespace %s", d.name)
+        keys.update(self.state.names(None if namespace == "*" else namespace))
         return sorted(keys)
 
     async def list(self, namespace: str) -> list[SandboxInfo]:
@@ -296,7 +305,7 @@ class SandboxManager:
             running = run is not None and run.sandbox.status is Status.RUNNING
             image = run.image if run else None
             if image is None:
-                entry = Sandboxfile.load(self.root / ns / "Sandboxfile", create=True).get(n)
+                entry = self.state.load(ns, n)
                 image = entry.image if entry else None
             status = run.sandbox.status.value if run else "stopped"
             backend, accel = (run.sandbox.backend, run.sandbox.accel) if run and running else (None, None)
@@ -307,7 +316,11 @@ class SandboxManager:
         return out
 
     async def read_file(self, namespace: str, name: str, path: str) -> bytes:
-        return await self._get(namespace, name).sandbox.read_file(path)
+        return await self._get(namespace, name).sandbox.read_file(path, max_bytes=self.limits.max_file_bytes)
 
     async def write_file(self, namespace: str, name: str, path: str, data: bytes) -> None:
+        if len(data) > self.limits.max_file_bytes:
+            raise LimitError(f"the file is {len(data)} bytes, over this server's maximum of "
+                             f"{self.limits.max_file_bytes}", hint="write it in parts, or the operator raises "
+                             "MSB_MAX_FILE_BYTES")  # fmt: skip
         await self._get(namespace, name).sandbox.write_file(path, data)

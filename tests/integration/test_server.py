@@ -166,7 +166,7 @@ async def test_persistent_files_survive_a_server_crash(tmp_path: Path, base_imag
     time.sleep(0.5)  # QEMU dies with its parent (PR_SET_PDEATHSIG)
     srv = start_server(tmp_path, port)
     try:
-        r = srv.rpc("sandbox.start", {"sandbox": "keep", "namespace": "default"})  # from the Sandboxfile entry
+        r = srv.rpc("sandbox.start", {"sandbox": "keep", "namespace": "default"})  # from its saved definition
         assert "result" in r, r
         r = srv.rpc("sandbox.command.run", {"sandbox": "keep", "namespace": "default", "command": "cat",
                                             "args": ["/root/data"]})  # fmt: skip
@@ -260,7 +260,7 @@ async def test_a_warm_pool_serves_ephemeral_sandboxes_on_qemu(tmp_path: Path, ba
             await sb.command.run("sh", ["-c", "echo gone > /root/file"])
         finally:
             await sb.stop()
-        assert not (tmp_path / "namespaces" / "default" / ".menv" / "sandboxes" / "quick").exists()
+        assert not (tmp_path / "sandboxes" / "default" / "quick").exists()
         # a persistent sandbox on the same server is restored from a template, with its own disk
         async with PythonSandbox.create(server_url=srv.url, api_key=srv.key, name="kept") as kept:
             assert (await (await kept.run("print(3)")).output()).strip() == "3"

@@ -22,10 +22,24 @@ def test_parse_volume_relative_to_base(tmp_path: Path) -> None:
     assert not parse_volume(f"{tmp_path}/data:/d:rw", Path("/")).readonly
 
 
-def test_parse_volume_resolves_symlinks(tmp_path: Path) -> None:
-    (tmp_path / "real").mkdir()
+def test_parse_volume_never_follows_a_symlink_inside_the_project(tmp_path: Path) -> None:
+    """A sandbox with a writable volume in the project could have made the link: a volume path
+    inside the project goes through no symlink; the user's own absolute path is resolved."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
     (tmp_path / "link").symlink_to(tmp_path / "real")
-    assert parse_volume("link:/x", tmp_path).host == (tmp_path / "real").resolve()
+    (tmp_path / "real" / "up").symlink_to("/etc")
+    for text in ("link:/x", "link/sub:/x", "real/up:/x", "./real/../link:/x"):
+        with pytest.raises(ConfigError, match="is a symlink"):
+            parse_volume(text, tmp_path)
+    assert parse_volume(f"{tmp_path}/link:/x", tmp_path).host == (tmp_path / "real").resolve()
+
+
+def test_a_writable_volume_over_the_project_state_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    with pytest.raises(ConfigError, match=r"\.menv") as info:
+        spec_overrides(SandboxEntry(image="x", volumes=[".:/app"]), tmp_path)
+    assert "subdirectory" in (info.value.hint or "")
+    spec_overrides(SandboxEntry(image="x", volumes=[".:/app:ro", "./src:/src"]), tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -62,9 +76,11 @@ def test_confine_keeps_volumes_inside_base(tmp_path: Path) -> None:
     (base / "escape").symlink_to(tmp_path / "outside")
     assert parse_volume("inside:/i", base, confine=True).host == (base / "inside").resolve()
     assert parse_volume(".:/i", base, confine=True).host == base.resolve()
-    for text in ("../outside:/o", f"{tmp_path}/outside:/o", "escape:/o", "/etc:/e"):
-        with pytest.raises(ConfigError, match="is outside"):
+    for text in ("../outside:/o", f"{tmp_path}/outside:/o", "/etc:/e", "~:/h", "inside/../..:/o"):
+        with pytest.raises(ConfigError, match="relative to the namespace's volume area"):
             parse_volume(text, base, confine=True)
+    with pytest.raises(ConfigError, match="is a symlink"):
+        parse_volume("escape:/o", base, confine=True)
     assert parse_volume("../outside:/o", base).host == (tmp_path / "outside").resolve()  # unconfined: allowed
 
 
@@ -128,7 +144,7 @@ def test_spec_overrides_rejects_clashes(tmp_path: Path) -> None:
 def test_spec_overrides_confine(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "ns").mkdir()
-    with pytest.raises(ConfigError, match="outside"):
+    with pytest.raises(ConfigError, match="relative to the namespace's volume area"):
         spec_overrides(SandboxEntry(image="x", volumes=["../out:/o"]), tmp_path / "ns", confine=True)
 
 

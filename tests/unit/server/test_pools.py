@@ -18,6 +18,7 @@ from engine.server.manager import SandboxManager
 from engine.server.pools import Warmed, warm
 from engine.server.service import SandboxConfig
 from engine.server.settings import Limits, PoolSetting
+from engine.server.tenancy import TenantPolicy
 from engine.vm.fake import FakeBackend
 from tests.unit.helpers import eventually
 
@@ -32,7 +33,8 @@ def rootfs(tmp_path: Path) -> Path:
 
 
 async def _pooled(tmp_path: Path, pools: list[PoolSetting]) -> SandboxManager:
-    m = SandboxManager(tmp_path / "state", Limits(), engine=Engine(backend=FakeBackend(), accel="tcg"), pools=pools)
+    m = SandboxManager(tmp_path / "state", Limits(), engine=Engine(backend=FakeBackend(), accel="tcg"), pools=pools,
+                       policy=TenantPolicy(allowed_image_dirs=(tmp_path,)))  # fmt: skip
     if m.pools.pool is not None:  # the test host's free memory must not decide whether members start
         m.pools.pool = WarmPool(m.engine, max_mib=1 << 20, available=lambda: float(1 << 30))
     await m.prepare()
@@ -75,10 +77,8 @@ async def test_an_ephemeral_start_is_served_by_the_pool(pooled: SandboxManager, 
     line = JsonFormatter().format(record)
     assert '"started_by": "pool"' in line and '"start_ms": ' in line and '"ephemeral": true' in line
     assert (await pooled.run_command(NS, "e1", "echo", ["hi"], None)).stdout == "hi\n"
-    # ephemeral: no Sandboxfile entry, no writable layer; gone once stopped
-    ns_dir = tmp_path / "state" / "namespaces" / NS
-    assert not (ns_dir / "Sandboxfile").exists() or "e1" not in (ns_dir / "Sandboxfile").read_text()
-    assert not (ns_dir / ".menv" / "sandboxes" / "e1").exists()
+    # ephemeral: no definition, no writable layer; gone once stopped
+    assert not (tmp_path / "state" / "sandboxes" / NS / "e1").exists()
     await pooled.stop(NS, "e1")
     assert await pooled.list(NS) == []
     await eventually(lambda: pooled.pools.status()[0].ready == 1)  # refilled
