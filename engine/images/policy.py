@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Iterable
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 
@@ -35,7 +36,7 @@ import urllib3.exceptions
 from pydantic import BaseModel, ConfigDict, Field
 from urllib3.util import parse_url
 
-from engine.errors import ImageError
+from engine.errors import ConfigError, ImageError
 
 __all__ = ["GuardedAdapter", "PolicySession", "PullPolicy", "RegistryPolicyError", "blocked_reason"]
 
@@ -111,6 +112,26 @@ class PullPolicy(BaseModel):
     """Registry hosts (``host`` or ``host:port``) that may be reached although they resolve to
     loopback/private/link-local/reserved addresses (``--allow-registry``). A bare host allows
     any port; names are compared as written, not by address."""
+
+    @classmethod
+    def for_tenants(cls, *, use_credentials: bool = False, allowed_private: Iterable[str] = ()) -> PullPolicy:
+        """The policy of pulls API clients ask for, from the operator's settings.
+
+        Raises:
+            ConfigError: an ``allowed_private`` entry is not ``host`` or ``host:port``.
+        """
+        entries = tuple(e.strip() for e in allowed_private if e.strip())
+        for entry in entries:
+            try:
+                host, port = split_host(entry)
+            except ValueError:
+                host, port = "", None
+            if not host or "/" in host or (port is not None and not 0 < port < 65536):
+                raise ConfigError(
+                    f"allowed registry {entry!r} is not host or host:port",
+                    hint="e.g. --allow-registry registry.internal:5000 (MSB_ALLOWED_REGISTRIES=a:5000,b)",
+                )
+        return cls(use_credentials=use_credentials, allowed_private=entries)
 
     def allows_private(self, host: str, port: int | None) -> bool:
         """True when ``host:port`` is listed in ``allowed_private``."""

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, ValidationError
 
 from engine import paths
 from engine.errors import ConfigError
+
+if TYPE_CHECKING:
+    from engine.images.policy import PullPolicy
 
 MAX_POOL_SIZE = 64
 
@@ -77,6 +81,13 @@ class ServerSettings(BaseModel):
     pool_max_mib: float | None = Field(default=None, gt=0)
     """Bound of all pool members' memory in MiB (default: a quarter of the host's available
     memory at start)."""
+    # image pulls API clients ask for (engine/images/policy.py); warm pools are the operator's own
+    tenant_registry_credentials: bool = False
+    """Such pulls may send the operator's stored registry credentials (``--tenant-registry-credentials``,
+    ``MSB_TENANT_REGISTRY_CREDENTIALS=1``); by default they go anonymous."""
+    allowed_registries: list[str] = Field(default_factory=list)
+    """Registry hosts (``host[:port]``) such pulls may reach although they resolve to loopback,
+    private or link-local addresses (``--allow-registry``, ``MSB_ALLOWED_REGISTRIES``)."""
 
     @classmethod
     def from_env(cls, **flags: object) -> ServerSettings:
@@ -107,8 +118,26 @@ class ServerSettings(BaseModel):
             env["pools"] = parse_pools(i for i in os.environ["MSB_POOL"].split(",") if i.strip())
         if os.environ.get("MSB_POOL_MAX_MIB", "").strip():
             env["pool_max_mib"] = _positive("MSB_POOL_MAX_MIB", os.environ["MSB_POOL_MAX_MIB"])
+        if os.environ.get("MSB_TENANT_REGISTRY_CREDENTIALS", "").strip() not in ("", "0"):
+            env["tenant_registry_credentials"] = True
+        if os.environ.get("MSB_ALLOWED_REGISTRIES", "").strip():
+            env["allowed_registries"] = [i.strip() for i in os.environ["MSB_ALLOWED_REGISTRIES"].split(",")
+                                         if i.strip()]  # fmt: skip
         env.update({k: v for k, v in flags.items() if v is not None})
-        return cls.model_validate(env)
+        settings = cls.model_validate(env)
+        settings.pull_policy()  # a malformed --allow-registry fails at start
+        return settings
+
+    def pull_policy(self) -> PullPolicy:
+        """What an image pull an API client asks for may reach and send (engine/images/policy.py).
+
+        Raises:
+            ConfigError: a malformed allowed registry.
+        """
+        from engine.images.policy import PullPolicy
+
+        return PullPolicy.for_tenants(use_credentials=self.tenant_registry_credentials,
+                                      allowed_private=self.allowed_registries)  # fmt: skip
 
     @property
     def url(self) -> str:

@@ -304,3 +304,18 @@ def test_ipv4_forms_in_ipv6_are_blocked_like_ipv4(ip: ipaddress.IPv4Address) -> 
 ])  # fmt: skip
 def test_known_addresses(text: str, blocked: bool) -> None:
     assert (blocked_reason(ipaddress.ip_address(text)) is not None) is blocked
+
+
+def test_server_settings_build_the_tenant_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.errors import ConfigError
+    from engine.server.settings import ServerSettings
+
+    assert ServerSettings.from_env().pull_policy() == PullPolicy()  # tenants: anonymous, public only
+    monkeypatch.setenv("MSB_ALLOWED_REGISTRIES", "registry.internal:5000, 10.0.0.5")
+    monkeypatch.setenv("MSB_TENANT_REGISTRY_CREDENTIALS", "1")
+    policy = ServerSettings.from_env().pull_policy()
+    assert policy.use_credentials and policy.allows_private("10.0.0.5", 443)
+    assert policy.allows_private("REGISTRY.internal", 5000) and not policy.allows_private("registry.internal", 5001)
+    monkeypatch.setenv("MSB_ALLOWED_REGISTRIES", "registry.internal:http")
+    with pytest.raises(ConfigError, match="not host or host:port"):
+        ServerSettings.from_env()
