@@ -45,6 +45,15 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
 fi
 
+# --- 1b. the unprivileged user QEMU drops to after opening its files (engine/vm/confine.py) --
+if ! id msb-vmm >/dev/null 2>&1; then
+  if [[ $(id -u) -eq 0 ]]; then
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin msb-vmm
+  else
+    say "note: no user msb-vmm (QEMU will run as yourself); as root: useradd --system --no-create-home --shell /usr/sbin/nologin msb-vmm"
+  fi
+fi
+
 # --- 2. Python environment ---------------------------------------------------------------
 stamp_src="$(sha256sum pyproject.toml | cut -c1-16)"
 if [[ ! -x .venv/bin/python || "$(cat .venv/.msb-stamp 2>/dev/null)" != "$stamp_src" ]]; then

@@ -9,6 +9,10 @@ that fails to start is noticed by its exit instead of by a timeout.
 The console is read into a bounded ring (shown in boot errors) and a size-capped log file
 (:mod:`engine.vm.console`): a guest that floods its serial port cannot fill the host's disk.
 
+Confinement (:mod:`engine.vm.confine`): a cgroup per QEMU, ``-chroot`` into an empty directory
+once its files are open, and ``-runas`` the unprivileged ``msb-vmm`` user unless the sandbox has
+volumes (QEMU's 9p server opens their files as long as the VM runs, with root's access).
+
 Volumes and the network device come from :mod:`engine.vm.volumes` and :mod:`engine.vm.network`;
 a ``public`` sandbox's QEMU runs with the network filter of :mod:`engine.vm.netfilter` in
 ``LD_PRELOAD`` and is killed if the filter is not mapped into it (docs/networking.md).
@@ -29,14 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import VmError
-from engine.vm import netfilter
+from engine.vm import confine, netfilter
 from engine.vm.backend import Accel, VmSpec
 from engine.vm.channel import StreamChannel
 from engine.vm.cmdline import kernel_cmdline
 from engine.vm.console import Console, pump_console
 from engine.vm.network import network_args
 from engine.vm.snapshot import load_state
-from engine.vm.volumes import volume_args
+from engine.vm.volumes import close_fds, open_volume_fds, volume_args
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +66,19 @@ def find_qemu() -> str:
     return path
 
 
-def build_argv(qemu: str, spec: VmSpec, sockets: dict[str, Path]) -> list[str]:
+def build_argv(
+    qemu: str, spec: VmSpec, sockets: dict[str, Path], *, volume_fds: list[int] | None = None,
+    runas: str | None = None, chroot: Path | None = None,
+) -> list[str]:
     """Build the QEMU command line (pure; unit-tested).
 
     Args:
         qemu: path of the QEMU binary.
         spec: the VM to start.
         sockets: listening socket paths for ``agent``, ``console`` and ``qmp``.
+        volume_fds: the volumes' inherited fds (:func:`engine.vm.volumes.open_volume_fds`).
+        runas: the user QEMU drops to once its files are open.
+        chroot: the directory QEMU chroots into once its files are open.
 
     Raises:
         ConfigError: volumes or ports QEMU cannot honour (engine/vm/volumes.py, network.py).
@@ -87,10 +97,14 @@ def build_argv(qemu: str, spec: VmSpec, sockets: dict[str, Path]) -> list[str]:
         machine += ",memory-backend=ram"
     firmware = [] if mmio or not os.path.exists(QBOOT) else ["-bios", QBOOT]  # qboot: ~70 ms less than SeaBIOS
     accel = ["-accel", "kvm", "-cpu", "host"] if spec.accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
+    # -runas needs setuid() after the filter is in place; once dropped, nothing is left to elevate
+    elevate = "allow" if runas is not None else "deny"
     argv = [
         qemu,
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-        "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        "-sandbox", f"on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny",
+        *(["-chroot", str(chroot)] if chroot is not None else []),
+        *(["-runas", runas] if runas is not None else []),
         "-M", machine, *ram, *firmware, *accel,
         "-smp", str(spec.cpus), "-m", str(spec.memory_mib),
         *_boot_args(spec),
@@ -111,7 +125,7 @@ def build_argv(qemu: str, spec: VmSpec, sockets: dict[str, Path]) -> list[str]:
         ]  # fmt: skip
     argv += ["-device", dev("virtio-rng")]
     argv += network_args(spec, dev)
-    argv += volume_args(spec, dev)
+    argv += volume_args(spec, dev, volume_fds)
     if spec.incoming is not None:  # the state comes on an inherited fd (engine/vm/snapshot.py)
         argv += ["-incoming", "defer"]
     return argv
@@ -144,6 +158,7 @@ class QemuVm:
         self._qmp: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.cgroup: confine.SandboxCgroup | None = None
 
     def console_tail(self, max_bytes: int = 4096) -> str:
         """Return the last ``max_bytes`` of console output."""
@@ -197,6 +212,9 @@ class QemuVm:
             task.cancel()
         self._servers.clear()
         self._console.close()
+        if self.cgroup is not None:
+            cgroup, self.cgroup = self.cgroup, None
+            await asyncio.to_thread(cgroup.destroy)
 
 
 class QemuBackend:
@@ -216,8 +234,15 @@ class QemuBackend:
             VmError: QEMU exited at once (its stderr is in the message) or never connected.
         """
         sockets = {k: spec.run_dir / f"{k[0]}.sock" for k in ("agent", "console", "qmp")}
-        argv = build_argv(self.qemu, spec, sockets)
-        env, shim = _qemu_env(spec)
+        user = None if spec.volumes else confine.vmm_user()  # see the module docstring
+        fds = open_volume_fds(spec.volumes)
+        try:
+            argv = build_argv(self.qemu, spec, sockets, volume_fds=fds, runas=user.name if user else None,
+                              chroot=confine.empty_root(spec.run_dir, resolv=spec.network != "none"))  # fmt: skip
+            env, shim = _qemu_env(spec)
+        except BaseException:
+            close_fds(fds)
+            raise
         log.info("%s: network scope %s (%s)", spec.name, spec.network, netfilter.describe(spec.network))
         accepted: dict[str, asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
         servers = []
@@ -228,13 +253,22 @@ class QemuBackend:
             servers.append(await asyncio.start_unix_server(_accept_once(fut), path=str(path), limit=1 << 21))
         console = Console(spec.run_dir / "console.log")
         log.debug("starting %s", " ".join(argv))
+        limits = confine.vmm_limits(spec.memory_mib, backend="qemu", tcg=spec.accel == "tcg")
+        cgroup = await asyncio.to_thread(confine.SandboxCgroup.create, confine.cgroup_name(spec.name, spec.run_dir),
+                                         limits)  # fmt: skip
         state_fd = os.open(spec.incoming, os.O_RDONLY | os.O_CLOEXEC) if spec.incoming is not None else None
         try:
-            proc = await self._spawn(argv, env, state_fd)
+            proc = await self._spawn(argv, env, state_fd, fds, cgroup)
+        except BaseException:
+            if cgroup is not None:
+                cgroup.destroy()
+            raise
         finally:
+            close_fds(fds)  # QEMU holds its inherited copies
             if state_fd is not None:
                 os.close(state_fd)
         vm = QemuVm(proc, spec.accel, console)
+        vm.cgroup = cgroup
         vm._servers = servers
         if proc.stderr is not None:  # QEMU's own complaints (e.g. a kernel it cannot load)
             vm._tasks.append(asyncio.create_task(pump_console(proc.stderr, console, prefix=b"[qemu] ")))
@@ -269,22 +303,24 @@ class QemuBackend:
             path.unlink(missing_ok=True)
         return vm
 
-    def _child_setup(self, state_fd: int | None) -> Callable[[], None] | None:
-        """In the child: the death signal, and the saved state moved to :data:`INCOMING_FD`."""
-        if state_fd is None and not self.die_with_parent:
-            return None
+    def _child_setup(self, state_fd: int | None, cgroup: confine.SandboxCgroup | None) -> Callable[[], None]:
+        """In the child: the death signal, the cgroup, and the saved state moved to :data:`INCOMING_FD`."""
 
         def setup() -> None:
             if self.die_with_parent:
-                _die_with_parent()
+                _die_with_parent()  # cleared again by -runas: the cgroup catches an orphan at the next start
+            if cgroup is not None:
+                cgroup.enter()
             if state_fd is not None:
                 os.dup2(state_fd, INCOMING_FD)  # dup2 clears close-on-exec on the new fd
 
         return setup
 
     async def _spawn(
-        self, argv: list[str], env: dict[str, str] | None, state_fd: int | None
+        self, argv: list[str], env: dict[str, str] | None, state_fd: int | None, volume_fds: list[int],
+        cgroup: confine.SandboxCgroup | None,
     ) -> asyncio.subprocess.Process:
+        inherited = tuple(volume_fds) + (() if state_fd is None else (INCOMING_FD,))
         return await asyncio.create_subprocess_exec(
             *argv,
             env=env,
@@ -292,8 +328,8 @@ class QemuBackend:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # Ctrl-C in a terminal goes to us, not straight to QEMU
-            pass_fds=() if state_fd is None else (INCOMING_FD,),
-            preexec_fn=self._child_setup(state_fd),
+            pass_fds=inherited,
+            preexec_fn=self._child_setup(state_fd, cgroup),
         )
 
     async def _wait_connected(

@@ -6,6 +6,11 @@ parameter ``msb.vol=msbvolN:ro|rw:PATH`` (engine/guest/agent/volumes.c) after sw
 the sandbox's root. ``PATH`` is %XX-encoded outside a small safe set, because the kernel
 command line is split at spaces.
 
+The host directory reaches QEMU as an fd, not a path: :func:`open_volume_fds` opens each one
+with no symlink allowed (:func:`engine.vm.safepath.open_dir_nofollow`) and QEMU inherits the
+fd, its ``path`` being ``/proc/self/fd/N``. A guest that can write a parent of the directory
+(another sandbox's volume) cannot swap it for a symlink between the check and the start.
+
 QEMU's ``local`` backend opens every path component relative to the shared directory with
 ``O_NOFOLLOW``: the guest cannot leave it, not even through a symlink placed inside it
 (tests/integration/test_volumes.py checks).
@@ -21,14 +26,17 @@ use ``none``: the guest sees the host files' real owners and modes and can chang
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import posixpath
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from engine.errors import ConfigError
 from engine.sandbox.spec import VolumeMount
 from engine.vm.backend import VmSpec
+from engine.vm.safepath import fd_path, open_dir_nofollow
 
 MAX_VOLUMES = 16
 """Matches the agent's ``MAX_VOLUMES``; microvm also has a bounded number of virtio slots."""
@@ -36,6 +44,8 @@ MAX_GUEST_PATH = 255
 """Bytes of a decoded guest mount point (the agent holds 1023 encoded)."""
 RESERVED = ("/dev", "/proc", "/sys")
 """Guest trees the agent mounts itself; a volume over them would break the sandbox."""
+MIN_VOLUME_FD = 10
+"""Volume fds are moved at or above this, clear of the fds a child gets by number (QEMU's 3)."""
 _SAFE = frozenset(string.ascii_letters + string.digits + "/._+@=,~-")
 
 
@@ -89,8 +99,40 @@ def check_host_dirs(volumes: tuple[VolumeMount, ...]) -> None:
                               hint="create it first, or fix the path")  # fmt: skip
 
 
+def open_volume_fds(volumes: Sequence[VolumeMount]) -> list[int]:
+    """Open each volume's host directory, following no symlink, as an ``O_PATH`` fd.
+
+    Returns:
+        One close-on-exec fd per volume, in order, each at least :data:`MIN_VOLUME_FD` (the
+        caller closes them with :func:`close_fds` once the VMM holds its own references).
+
+    Raises:
+        ConfigError: a host path is missing, not a directory, or has a symlink in it.
+    """
+    fds: list[int] = []
+    try:
+        for v in volumes:
+            fd = open_dir_nofollow(v.host)
+            try:
+                fds.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, MIN_VOLUME_FD))
+            finally:
+                os.close(fd)
+    except BaseException:
+        close_fds(fds)
+        raise
+    return fds
+
+
+def close_fds(fds: Sequence[int]) -> None:
+    """Close fds, ignoring ones already closed."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def security_model(host: str, readonly: bool) -> str:
-    """The 9p security model for a volume (see the module docstring)."""
+    """The 9p security model for a volume (see the module docstring); ``host`` may be a
+    ``/proc/self/fd/N`` path."""
     if readonly:
         return "none"
     probe = "user.msb.probe"
@@ -107,12 +149,14 @@ def _qemu_value(text: str) -> str:
     return text.replace(",", ",,")
 
 
-def volume_args(spec: VmSpec, dev: Callable[[str], str]) -> list[str]:
+def volume_args(spec: VmSpec, dev: Callable[[str], str], fds: Sequence[int] | None = None) -> list[str]:
     """QEMU arguments for ``spec.volumes``.
 
     Args:
         spec: the VM.
         dev: maps a virtio device kind to the machine's variant (``-device`` / ``-pci``).
+        fds: the volumes' fds from :func:`open_volume_fds`, inherited by QEMU under the same
+            numbers (``None``: the paths themselves, for tests of the command line only).
 
     Raises:
         ConfigError: see :func:`check_volumes`.
@@ -120,8 +164,9 @@ def volume_args(spec: VmSpec, dev: Callable[[str], str]) -> list[str]:
     check_volumes(spec.volumes)
     argv: list[str] = []
     for i, v in enumerate(spec.volumes):
-        model = security_model(str(v.host), v.readonly)
-        fsdev = f"local,id=vol{i},path={_qemu_value(str(v.host))},security_model={model},multidevs=remap"
+        host = str(v.host) if fds is None else fd_path(fds[i])
+        model = security_model(host, v.readonly)
+        fsdev = f"local,id=vol{i},path={_qemu_value(host)},security_model={model},multidevs=remap"
         fsdev += ",readonly=on" if v.readonly else ",fmode=0644,dmode=0755"
         argv += ["-fsdev", fsdev, "-device", f"{dev('virtio-9p')},fsdev=vol{i},mount_tag=msbvol{i}"]
     return argv

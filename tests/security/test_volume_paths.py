@@ -1,0 +1,127 @@
+"""Attack: a guest swaps a directory on a host path for a symlink between check and use.
+
+Host code resolves volume paths (and anything else under a guest-writable directory) with
+engine/vm/safepath.py: no symlink anywhere, ``..`` never leaves a directory, and the mount or
+the child process gets the fd that was opened, not the path string.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ConfigError
+from engine.vm import safepath
+from engine.vm.safepath import open_beneath, open_dir_nofollow
+
+
+@pytest.fixture(params=["openat2", "walk"])
+def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with openat2 and with the fallback walk (kernels without openat2)."""
+    if request.param == "walk":
+
+        def no_openat2(*_: object) -> int:
+            raise OSError(errno.ENOSYS, "no openat2")
+
+        monkeypatch.setattr(safepath, "_openat2", no_openat2)
+    return str(request.param)
+
+
+def _same_dir(fd: int, path: Path) -> bool:
+    st = os.fstat(fd)
+    real = path.stat()
+    return (st.st_dev, st.st_ino) == (real.st_dev, real.st_ino)
+
+
+def test_a_real_directory_opens(resolver: str, tmp_path: Path) -> None:
+    d = tmp_path / "a" / "b"
+    d.mkdir(parents=True)
+    fd = open_dir_nofollow(d)
+    try:
+        assert _same_dir(fd, d)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("where", ["middle", "end"])
+def test_a_symlink_anywhere_is_refused_and_named(resolver: str, tmp_path: Path, where: str) -> None:
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (tmp_path / "vol").mkdir()
+    link = tmp_path / "vol" / "link"
+    link.symlink_to(outside)
+    path = link / "sub" if where == "middle" else link
+    with pytest.raises(ConfigError) as info:
+        os.close(open_dir_nofollow(path))
+    assert str(link) in str(info.value) and "symlink" in str(info.value)
+
+
+def test_dotdot_and_relative_paths_are_refused(resolver: str, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    for bad in (tmp_path / "a" / ".." / "a", Path("relative/dir")):
+        with pytest.raises(ConfigError):
+            os.close(open_dir_nofollow(bad))
+
+
+def test_magic_links_are_refused(resolver: str, tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for magic in (Path(f"/proc/{os.getpid()}/fd/{fd}"), Path(f"/proc/{os.getpid()}/root"), Path("/proc/self")):
+            with pytest.raises(ConfigError):
+                os.close(open_dir_nofollow(magic))
+    finally:
+        os.close(fd)
+
+
+def test_a_file_is_not_a_directory(resolver: str, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        os.close(open_dir_nofollow(tmp_path / "f"))
+
+
+def test_swapped_after_the_check_the_fd_still_holds_the_checked_directory(resolver: str, tmp_path: Path) -> None:
+    """The check and the use are one: once opened, a swap of the path changes nothing, and a
+    second open of the swapped path is refused."""
+    d, secret = tmp_path / "vol" / "sub", tmp_path / "secret"
+    d.mkdir(parents=True)
+    secret.mkdir()
+    (secret / "key").write_text("s3cret")
+    fd = open_dir_nofollow(d)
+    try:
+        d.rename(tmp_path / "vol" / "moved")
+        d.symlink_to(secret)  # the guest's swap
+        assert sorted(os.listdir(safepath.fd_path(fd))) == []  # still the checked (empty) directory
+        with pytest.raises(ConfigError, match="symlink"):
+            os.close(open_dir_nofollow(d))
+    finally:
+        os.close(fd)
+
+
+def test_open_beneath_stays_beneath(resolver: str, tmp_path: Path) -> None:
+    (tmp_path / "base" / "in").mkdir(parents=True)
+    (tmp_path / "base" / "in" / "f").write_text("ok")
+    (tmp_path / "secret").write_text("no")
+    (tmp_path / "base" / "esc").symlink_to(tmp_path / "secret")
+    (tmp_path / "base" / "dir-link").symlink_to(tmp_path / "base" / "in")
+    base = os.open(tmp_path / "base", os.O_PATH | os.O_DIRECTORY)
+    try:
+        fd = open_beneath(base, "in/f", os.O_RDONLY)
+        assert os.read(fd, 10) == b"ok"
+        os.close(fd)
+        for rel, errs in (("../secret", (errno.EXDEV,)), ("in/../../secret", (errno.EXDEV,)),
+                          (str(tmp_path / "secret"), (errno.EXDEV,)), ("esc", (errno.ELOOP,)),
+                          ("dir-link/f", (errno.ELOOP,))):  # fmt: skip
+            with pytest.raises(OSError) as info:
+                os.close(open_beneath(base, rel, os.O_RDONLY))
+            assert info.value.errno in errs, (rel, info.value)
+        with pytest.raises(OSError) as link_info:  # even O_PATH never hands out the link itself
+            os.close(open_beneath(base, "esc", os.O_PATH))
+        assert link_info.value.errno == errno.ELOOP
+        new = open_beneath(base, "in/new", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        os.close(new)
+        assert (tmp_path / "base" / "in" / "new").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.close(base)
