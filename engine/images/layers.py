@@ -13,7 +13,10 @@ write outside the target directory, even when msb runs as root. How that holds:
   busybox``): only the guest follows it;
 * a hard link must name something that already exists in the target, reached the same way;
 * a regular file is created ``O_CREAT | O_EXCL | O_NOFOLLOW`` after the old entry is removed;
-* device nodes need ``privileged``; sparse files and unknown entry types are refused;
+* a char or block device (``/dev/sda``, ``/dev/mem``) never becomes a device node on the host: it
+  is an empty regular file (mode 0600 at most); the guest mounts its own devtmpfs on ``/dev``.
+  (overlayfs' 0:0 char-device whiteouts mean nothing in an OCI tar: ``.wh.`` names do.) FIFOs
+  lose setuid/setgid/sticky bits. Sparse files and unknown entry types are refused;
 * the uncompressed stream and the file bytes are capped (``max_bytes``), and so are the entries
   (``max_entries``) and pax / GNU long-name headers (1 MiB, Go's archive/tar limit), so a
   decompression bomb stops early.
@@ -65,7 +68,6 @@ from engine.images.tarstream import (
     open_blob,
     open_tar,
 )
-from engine.images.tarstream import MAX_META_BYTES as MAX_META_BYTES  # still importable from here
 
 __all__ = ["LayerStats", "apply_layer"]
 
@@ -93,6 +95,8 @@ class LayerStats(BaseModel):
     """Extended attributes not set: unsupported here, not permitted, or ``trusted.overlay.*``."""
     skipped_owners: int = Field(ge=0)
     """Entries whose owner differs from ours and could not be set (unprivileged, or refused)."""
+    skipped_devices: int = Field(default=0, ge=0)
+    """Character and block devices applied as empty regular files instead (module docstring)."""
 
 
 def apply_layer(
@@ -112,7 +116,7 @@ def apply_layer(
         target: the root filesystem directory; created with mode 0700 when missing.
         max_bytes: cap on the uncompressed stream and on the file bytes written, in bytes.
         max_entries: cap on the number of tar members.
-        privileged: set owners and create device nodes; defaults to running as root.
+        privileged: set owners; defaults to running as root. Device nodes are never made.
 
     Returns:
         Counts, and the diff_id (sha256 of the uncompressed tar) to compare with the image config.
@@ -153,12 +157,11 @@ class _Applier:
     """Applies tar members one by one under ``root_fd``; see the module docstring for the rules."""
 
     def __init__(self, root_fd: int, *, privileged: bool, max_bytes: int, max_entries: int) -> None:
-        self.root_fd = root_fd
-        self.privileged = privileged
-        self.max_bytes = max_bytes
-        self.max_entries = max_entries
+        self.root_fd, self.privileged = root_fd, privileged
+        self.max_bytes, self.max_entries = max_bytes, max_entries
         self.me = (os.geteuid(), os.getegid())
-        self.entries = self.bytes = self.whiteouts = self.skipped_xattrs = self.skipped_owners = 0
+        self.entries = self.bytes = self.whiteouts = 0
+        self.skipped_xattrs = self.skipped_owners = self.skipped_devices = 0
         self.ours: set[str] = set()
         """Paths this layer wrote, and their parents: whiteouts leave them alone."""
         self.dirs: dict[tuple[str, ...], tuple[int, int, int]] = {}
@@ -193,9 +196,6 @@ class _Applier:
         if parts[-1].startswith(_WH):
             self._whiteout(parts, ti.name)
             return
-        if ti.isdev() and not self.privileged:
-            raise HostileLayerError(f"entry {ti.name!r} is a device node and msb is not privileged",
-                                    hint="run as root, or use an image without device nodes")  # fmt: skip
         if not (ti.isreg() or ti.isdir() or ti.issym() or ti.islnk() or ti.isfifo() or ti.isdev()):
             raise ImageError(f"entry {ti.name!r} has tar type {ti.type!r}, which msb does not apply",
                              hint="use an image built by docker, buildah or another OCI builder")  # fmt: skip
@@ -251,12 +251,17 @@ class _Applier:
         if "\0" in ti.linkname or len(os.fsencode(ti.linkname)) >= MAX_PATH_BYTES:
             raise HostileLayerError(f"symlink {ti.name!r} has a NUL byte or is too long", hint=HOSTILE_HINT)
         os.symlink(ti.linkname, name, dir_fd=pfd)
-        self._meta(ti, Ref(dir_fd=pfd, name=name), chmod=False)  # Linux has no symlink modes
+        self._meta(ti, Ref(dir_fd=pfd, name=name), mask=0)  # Linux has no symlink modes
 
     def _node(self, ti: tarfile.TarInfo, pfd: int, name: str) -> None:
-        kind = stat.S_IFIFO if ti.isfifo() else stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
-        os.mknod(name, kind | 0o600, os.makedev(ti.devmajor, ti.devminor) if ti.isdev() else 0, dir_fd=pfd)
-        self._meta(ti, Ref(dir_fd=pfd, name=name))
+        if ti.isfifo():
+            os.mkfifo(name, 0o600, dir_fd=pfd)
+            self._meta(ti, Ref(dir_fd=pfd, name=name), mask=0o777)  # setuid & co mean nothing on a FIFO
+            return
+        # a char/block device: the image author picks major:minor, so never a real node (module docstring)
+        self.skipped_devices += 1
+        os.close(os.open(name, NEW_FILE_FLAGS, 0o600, dir_fd=pfd))
+        self._meta(ti, Ref(dir_fd=pfd, name=name), mask=0o600)
 
     def _hardlink(self, ti: tarfile.TarInfo, pfd: int, name: str, parts: tuple[str, ...]) -> None:
         src = _split(ti.linkname, ti.name)
@@ -313,12 +318,12 @@ class _Applier:
             finally:
                 os.close(fd)
 
-    def _meta(self, ti: tarfile.TarInfo, ref: Ref, *, chmod: bool = True) -> None:
-        # owner first: chown clears setuid/setgid bits and file capabilities
+    def _meta(self, ti: tarfile.TarInfo, ref: Ref, *, mask: int = 0o7777) -> None:
+        # mode is ti.mode & mask (no chmod when 0). Owner first: chown clears setuid/setgid bits and file capabilities
         self._owner(ti, ref)
         self._xattrs(ti, ref)
-        if chmod:
-            ref.chmod(ti.mode & 0o7777)
+        if mask:
+            ref.chmod(ti.mode & mask)
         ref.utime(mtime_ns(ti.mtime))
 
     def _owner(self, ti: tarfile.TarInfo, ref: Ref) -> None:
@@ -370,8 +375,8 @@ class _Applier:
         self._drop_cache()
 
     def stats(self, diff_id: str) -> LayerStats:
-        return LayerStats(entries=self.entries, bytes=self.bytes, whiteouts=self.whiteouts, diff_id=diff_id,
-                          skipped_xattrs=self.skipped_xattrs, skipped_owners=self.skipped_owners)  # fmt: skip
+        counts = ("entries", "bytes", "whiteouts", "skipped_xattrs", "skipped_owners", "skipped_devices")
+        return LayerStats(diff_id=diff_id, **{k: getattr(self, k) for k in counts})
 
 
 def _split(name: str, entry: str) -> tuple[str, ...]:

@@ -247,11 +247,11 @@ def test_owners_when_privileged(layers: Layers) -> None:
     assert (root / "home").stat().st_uid == 1000
     link = (root / "home" / "link").lstat()
     assert (link.st_uid, link.st_gid) == (77, 78)  # lchown: the link itself, not what it points at
-    null = (root / "dev" / "null").lstat()
-    assert stat.S_ISCHR(null.st_mode) and null.st_rdev == os.makedev(1, 3)
+    null = (root / "dev" / "null").lstat()  # devices: empty placeholder files, owners kept
+    assert stat.S_ISREG(null.st_mode) and null.st_size == 0 and stat.S_IMODE(null.st_mode) == 0o600
     loop = (root / "dev" / "loop0").lstat()
-    assert stat.S_ISBLK(loop.st_mode) and loop.st_gid == 6 and stat.S_IMODE(loop.st_mode) == 0o660
-    assert stats.skipped_owners == 0
+    assert stat.S_ISREG(loop.st_mode) and loop.st_gid == 6 and stat.S_IMODE(loop.st_mode) == 0o600
+    assert stats.skipped_owners == 0 and stats.skipped_devices == 2
 
 
 def test_unprivileged_skips_owners(layers: Layers) -> None:
