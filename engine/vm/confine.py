@@ -41,7 +41,8 @@ VMM_USER = "msb-vmm"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PARENT = "msb"
 DESTROY_TIMEOUT_S = 2.0
-_V1_LIMITS = {"memory": "memory.limit_in_bytes", "pids": "pids.max", "cpuacct": ""}
+_V1_LIMITS = {"memory": "memory.limit_in_bytes", "pids": "pids.max", "cpuacct": "", "cpu": "cpu.cfs_quota_us"}
+CPU_PERIOD_US = 100_000
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,11 @@ class Limits:
 
     memory_bytes: int
     pids: int
+    cpus: int | None = None
+    """A CPU quota of this many CPUs (gVisor's OCI quota, which runsc no longer applies itself)."""
 
 
-def vmm_limits(memory_mib: int, *, backend: str, tcg: bool = False) -> Limits:
+def vmm_limits(memory_mib: int, *, backend: str, tcg: bool = False, cpus: int | None = None) -> Limits:
     """The limits for a sandbox with ``memory_mib`` of guest memory on ``backend``.
 
     The overhead is the VMM's own: QEMU's TCG translation cache (up to 1 GiB), gVisor's Sentry
@@ -85,7 +88,7 @@ def vmm_limits(memory_mib: int, *, backend: str, tcg: bool = False) -> Limits:
     """
     overhead = 256 + memory_mib // 4 + (1024 if tcg else 0) + (256 if backend == "gvisor" else 0)
     pids = 8192 if backend == "gvisor" else 1024  # gVisor: a host stub process per guest address space
-    return Limits(memory_bytes=(memory_mib + overhead) << 20, pids=pids)
+    return Limits(memory_bytes=(memory_mib + overhead) << 20, pids=pids, cpus=cpus)
 
 
 def empty_root(run_dir: Path, *, resolv: bool) -> Path:
@@ -120,12 +123,14 @@ def _own_v1_path(controller: str) -> str:
 def _v2_parent() -> Path | None:
     """``/sys/fs/cgroup/msb`` with memory and pids delegated to its children, or None."""
     try:
-        if not {"memory", "pids"} <= set((CGROUP_ROOT / "cgroup.controllers").read_text().split()):
+        available = set((CGROUP_ROOT / "cgroup.controllers").read_text().split())
+        if not {"memory", "pids"} <= available:
             return None
-        (CGROUP_ROOT / "cgroup.subtree_control").write_text("+memory +pids")
+        wanted = "+memory +pids" + (" +cpu" if "cpu" in available else "")
+        (CGROUP_ROOT / "cgroup.subtree_control").write_text(wanted)
         parent = CGROUP_ROOT / PARENT
         parent.mkdir(exist_ok=True)
-        (parent / "cgroup.subtree_control").write_text("+memory +pids")
+        (parent / "cgroup.subtree_control").write_text(wanted)
     except OSError:
         return None
     return parent
@@ -137,7 +142,9 @@ def _v1_parents() -> list[Path] | None:
     for controller in _V1_LIMITS:
         mount = CGROUP_ROOT / controller
         if not (mount / "cgroup.procs").is_file():
-            return None
+            if controller in ("memory", "pids"):
+                return None
+            continue  # cpu and cpuacct are a bonus (a CPU quota, per-sandbox CPU time)
         parent = mount / _own_v1_path(controller).lstrip("/") / PARENT
         try:
             parent.mkdir(exist_ok=True)
@@ -193,10 +200,13 @@ class SandboxCgroup:
         return cg
 
     def _write_limits(self, limits: Limits) -> None:
-        values = {"memory": str(limits.memory_bytes), "pids": str(limits.pids)}
+        quota = "-1" if limits.cpus is None else str(limits.cpus * CPU_PERIOD_US)
+        values = {"memory": str(limits.memory_bytes), "pids": str(limits.pids), "cpu": quota}
         if self.version == "v2":
             (self.dirs[0] / "memory.max").write_text(values["memory"])
             (self.dirs[0] / "pids.max").write_text(values["pids"])
+            if limits.cpus is not None and (self.dirs[0] / "cpu.max").exists():
+                (self.dirs[0] / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
             return
         for d in self.dirs:
             controller = d.relative_to(CGROUP_ROOT).parts[0]
@@ -261,3 +271,30 @@ def confinement_status() -> dict[str, str]:
     else:
         cg_line = f"cgroup {hier[0]}: one per sandbox under {hier[1][0]} (memory and pids limits)"
     return {"user": user_line, "cgroup": cg_line}
+
+
+def cgroup_cpu_ticks(pid: int | None) -> int | None:
+    """CPU time of ``pid``'s cgroup in clock ticks (cgroup v1 cpuacct or v2 cpu.stat)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read(8192).splitlines()
+    except OSError:
+        return None
+    tck = os.sysconf("SC_CLK_TCK")
+    for line in lines:
+        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        try:
+            if "cpuacct" in controllers.split(","):
+                d = "cpu,cpuacct" if os.path.isdir("/sys/fs/cgroup/cpu,cpuacct") else "cpuacct"
+                with open(f"/sys/fs/cgroup/{d}{path}/cpuacct.usage") as f:
+                    return int(f.read(64)) * tck // 1_000_000_000
+            if controllers == "" and line.startswith("0::"):
+                with open(f"/sys/fs/cgroup{path}/cpu.stat") as f:
+                    for stat in f.read(4096).splitlines():
+                        if stat.startswith("usage_usec "):
+                            return int(stat.split()[1]) * tck // 1_000_000
+        except (OSError, ValueError):
+            continue
+    return None

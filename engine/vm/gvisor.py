@@ -15,8 +15,15 @@ The bundle (in the VM's private run directory):
 - process: the static guest agent, bind-mounted read-only at ``/.msb/agent``, run as
   ``--serve-stdio``: the frames of :mod:`engine.vm.protocol` travel over the stdin/stdout
   pipes of the ``runsc run`` process, and the agent's stderr is the "console".
-- volumes: bind mounts (read-only ones with ``ro``), served by gVisor's gofer.
-- limits: memory and CPU quota as OCI resources (runsc applies them with cgroups).
+- volumes: bind mounts, served by gVisor's gofer. Each host directory is opened with no symlink
+  followed and bind-mounted from that fd into the run directory (``nosuid,nodev``, read-only
+  for a read-only volume), and runsc gets that mount (:func:`engine.vm.volumes.bind_volumes`).
+  The gofer runs as root and creates the guest's files for real: a guest could leave a
+  setuid-root program in a read-write volume. So when msb runs as root, read-write volumes are
+  refused (:func:`check_spec`; ``auto`` then falls back to another backend) unless the operator
+  sets ``MSB_GVISOR_RW_VOLUMES=allow``.
+- limits: memory and CPU quota as OCI resources; every process of the sandbox (runsc, its
+  Sentry and gofer, slirp4netns) in a cgroup of its own (:mod:`engine.vm.confine`).
 - network: per scope, from :mod:`engine.vm.gvisor_net`.
 """
 
@@ -34,12 +41,14 @@ from typing import Any
 
 from engine import paths
 from engine.errors import AgentError, ConfigError, VmError
-from engine.vm import overlay
+from engine.vm import confine, overlay
 from engine.vm.backend import Accel, VmSpec
 from engine.vm.channel import StreamChannel
+from engine.vm.confine import cgroup_cpu_ticks
 from engine.vm.console import Console, pump_console
 from engine.vm.gvisor_net import GvisorNetwork
 from engine.vm.runsc import find_runsc
+from engine.vm.volumes import bind_volumes
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,23 @@ CAPS = (
 NOFILE = 1 << 16
 CPU_PERIOD_US = 100_000
 DELETE_TIMEOUT_S = 10.0
+RW_VOLUMES_ENV = "MSB_GVISOR_RW_VOLUMES"
+
+
+def check_spec(spec: VmSpec) -> None:
+    """Refuse what gVisor cannot run safely here (pure), before anything is prepared.
+
+    Raises:
+        ConfigError: a read-write volume while msb runs as root, unless ``MSB_GVISOR_RW_VOLUMES=allow``.
+    """
+    rw = [v for v in spec.volumes if not v.readonly]
+    if rw and os.geteuid() == 0 and os.environ.get(RW_VOLUMES_ENV) != "allow":
+        raise ConfigError(
+            f"read-write volume {rw[0].host} -> {rw[0].guest}: gVisor's gofer runs as root and would create the "
+            "guest's setuid-root programs for real in the host directory",
+            hint=f"share it read-only, use the QEMU backend (--backend qemu; it keeps owners and modes in xattrs), "
+            f"or accept the risk with {RW_VOLUMES_ENV}=allow",
+        )
 
 
 def container_id(spec: VmSpec) -> str:
@@ -119,12 +145,16 @@ def oci_config(
     }
 
 
-def runsc_argv(runsc: str, spec: VmSpec, state: Path, net_flags: list[str], bundle: Path) -> list[str]:
-    """The ``runsc run`` command line (pure)."""
+def runsc_argv(
+    runsc: str, spec: VmSpec, state: Path, net_flags: list[str], bundle: Path, *, own_cgroup: bool = False
+) -> list[str]:
+    """The ``runsc run`` command line (pure). ``own_cgroup``: msb has put runsc in the sandbox's
+    cgroup (:mod:`engine.vm.confine`), so runsc must not move its processes to one of its own."""
     overlay_flag = "--overlay2=none" if spec.upper_image is not None else "--overlay2=root:memory"
     debug = [f"--debug-log={spec.run_dir}/runsc-debug/"] if os.environ.get("MSB_RUNSC_DEBUG") else []
     return [
         runsc, f"--root={state}", *debug, *net_flags, overlay_flag, "--host-uds=none",
+        *(["--ignore-cgroups"] if own_cgroup else []),
         "run", f"--bundle={bundle}", container_id(spec),
     ]  # fmt: skip
 
@@ -151,33 +181,6 @@ def find_child(parent: int, argv0: bytes) -> int | None:
     return None
 
 
-def cgroup_cpu_ticks(pid: int | None) -> int | None:
-    """CPU time of ``pid``'s cgroup in clock ticks (cgroup v1 cpuacct or v2 cpu.stat)."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            lines = f.read(8192).splitlines()
-    except OSError:
-        return None
-    tck = os.sysconf("SC_CLK_TCK")
-    for line in lines:
-        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
-        try:
-            if "cpuacct" in controllers.split(","):
-                d = "cpu,cpuacct" if os.path.isdir("/sys/fs/cgroup/cpu,cpuacct") else "cpuacct"
-                with open(f"/sys/fs/cgroup/{d}{path}/cpuacct.usage") as f:
-                    return int(f.read(64)) * tck // 1_000_000_000
-            if controllers == "" and line.startswith("0::"):
-                with open(f"/sys/fs/cgroup{path}/cpu.stat") as f:
-                    for stat in f.read(4096).splitlines():
-                        if stat.startswith("usage_usec "):
-                            return int(stat.split()[1]) * tck // 1_000_000
-        except (OSError, ValueError):
-            continue
-    return None
-
-
 class GvisorVm:
     """A running ``runsc run`` (implements :class:`~engine.vm.backend.VmHandle`)."""
 
@@ -197,6 +200,7 @@ class GvisorVm:
         self._net = net
         self._tasks: list[asyncio.Task[None]] = []
         self._cleaned = False
+        self.cgroup: confine.SandboxCgroup | None = None
 
     @property
     def pid(self) -> int | None:
@@ -286,6 +290,8 @@ class GvisorVm:
         if self.merged is not None:
             with contextlib.suppress(VmError):
                 overlay.unmount(self.merged)
+        if self.cgroup is not None:  # after runsc's delete: whatever is still in it is a straggler
+            await asyncio.to_thread(self.cgroup.destroy)
         self._console.close()
 
 
@@ -295,6 +301,8 @@ class GvisorBackend:
     name = "gvisor"
     needs_boot_assets = False
     fixed_accel: Accel = "none"
+    check_spec = staticmethod(check_spec)
+    """Refuses (ConfigError) read-write volumes as root; ``auto`` then falls back to another backend."""
 
     def __init__(self, runsc: str | None = None) -> None:
         """Raises:
@@ -318,12 +326,24 @@ class GvisorBackend:
         if not spec.root_image.is_dir():
             raise ConfigError(f"the gVisor backend needs the image as a directory; {spec.root_image} is not one",
                           hint="start it from an image in the store (msb pull) or a rootfs directory")  # fmt: skip
+        check_spec(spec)
         state = spec.run_dir / "runsc"
         state.mkdir(mode=0o700, exist_ok=True)
         console = Console(spec.run_dir / "console.log")
-        net = await GvisorNetwork.create(spec, spec.run_dir)
-        vm = GvisorVm(spec, self.runsc, state, console, net)
+        limits = confine.vmm_limits(spec.memory_mib, backend="gvisor", cpus=spec.cpus)
+        name = confine.cgroup_name(spec.name, spec.run_dir)
+        cgroup = await asyncio.to_thread(confine.SandboxCgroup.create, name, limits)
         try:
+            net = await GvisorNetwork.create(spec, spec.run_dir)
+        except BaseException:
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.destroy)
+            raise
+        vm = GvisorVm(spec, self.runsc, state, console, net)
+        vm.cgroup = cgroup
+        try:
+            if cgroup is not None and net.slirp_pid is not None:
+                cgroup.add(net.slirp_pid)
             root = spec.root_image
             if spec.upper_image is not None:
                 vm.merged = spec.run_dir / "root"
@@ -332,29 +352,23 @@ class GvisorBackend:
                 root = vm.merged
             bundle = spec.run_dir / "bundle"
             bundle.mkdir(mode=0o700, exist_ok=True)
-            sources = []
-            for i, vol in enumerate(spec.volumes):
-                # runsc's ro option alone is not enough: runsc 20240729 lets an open(O_TRUNC) of a
-                # file on a read-only volume empty the host file before it fails with EROFS. A
-                # read-only bind makes the host kernel refuse every write from the gofer.
-                if vol.readonly:
-                    target = spec.run_dir / "vol" / str(i)
-                    target.mkdir(parents=True, exist_ok=True)
-                    await asyncio.to_thread(overlay.bind, vol.host, target, readonly=True)
-                    vm.mounts.append(target)
-                    sources.append(target)
-                else:
-                    sources.append(vol.host)
+            # A read-only bind also makes the host kernel refuse the gofer's writes: runsc 20240729
+            # lets an open(O_TRUNC) of a file on a read-only volume empty it before failing with EROFS.
+            targets = [spec.run_dir / "vol" / str(i) for i in range(len(spec.volumes))]
+            sources = await asyncio.to_thread(bind_volumes, spec.volumes, targets)
+            vm.mounts += sources
             config = oci_config(spec, root=root, agent=agent, etc_files=net.etc_files, netns=net.netns_path,
                                 volume_sources=sources)  # fmt: skip
             (bundle / "config.json").write_text(json.dumps(config, indent=1))
             # runsc_prefix: for scopes with a network, runsc runs in a private mount namespace
             # (engine/vm/gvisor_net.py says why); empty for `none`
-            argv = [*net.runsc_prefix, *runsc_argv(self.runsc, spec, state, net.runsc_flags, bundle)]
+            argv = [*net.runsc_prefix, *runsc_argv(self.runsc, spec, state, net.runsc_flags, bundle,
+                                                       own_cgroup=cgroup is not None)]
             log.debug("starting %s", " ".join(argv))
             vm.proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 21,
+                preexec_fn=cgroup.enter if cgroup is not None else None,  # runsc's children are born in it
             )  # fmt: skip
         except BaseException:
             await vm.kill()

@@ -33,6 +33,7 @@ from engine.vm import overlay
 from engine.vm.backend import VmSpec
 from engine.vm.overlay import MS_BIND, MS_NODEV, MS_NOSUID, MS_REMOUNT, bind
 from engine.vm.overlay import mount_raw as _mount
+from engine.vm.volumes import bind_volumes
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,8 @@ class KrunRoot:
             _mount(None, self.root, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV)
             bind(agent_bin, _reserve_agent_path(self.root), readonly=True)
             self._mounts.append(self.root / AGENT_IN_ROOT)
-            for v, d in zip(spec.volumes, self.planned_volume_dirs(spec), strict=True):
-                d.mkdir(parents=True, exist_ok=True)
-                bind(v.host, d, readonly=v.readonly)
-                self._mounts.append(d)
+            # opened with no symlink followed and mounted from the fd (engine/vm/safepath.py)
+            self._mounts += bind_volumes(spec.volumes, self.planned_volume_dirs(spec))
         except OSError as e:
             self.teardown()
             raise VmError(f"cannot prepare the sandbox's root in {self.root}: {e}") from e
