@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 
 from engine.errors import HostileLayerError
+from engine.images.archive import import_layout
+from engine.images.layout import LayoutWriter
+from engine.images.resolve import resolve_root
+from engine.images.store import ImageStore
+from engine.sandbox.engine import Engine
 from engine.vm.disk import build_ext4
+from tests.support.images import BUSYBOX_EXPECT, LayerBuilder, _image, add_busybox_layer
 from tests.unit.images.layer_helpers import Entry, Layers, dirent, hard, node, outside_untouched, reg, sym
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attack needs msb running as root")
@@ -110,6 +116,29 @@ def test_a_symlink_entry_is_only_a_link(sentinel: Layers) -> None:
     sentinel.apply([sym("secret", str(sentinel.outside / "secret"))])
     sentinel.apply([reg("secret", b"replaced")])
     assert (sentinel.root / "secret").read_bytes() == b"replaced"
+
+
+@pytest.mark.vm
+async def test_a_vm_boots_from_an_image_whose_layer_has_devices(tmp_path: Path) -> None:
+    """The guest's /dev is its own devtmpfs: the placeholders under it are hidden, /dev/null works."""
+    writer = LayoutWriter(tmp_path / "layout")
+    with LayerBuilder(writer.root, "gzip") as lb:
+        for ti, _ in DEVICES:
+            lb.tar.addfile(ti)
+        devices = lb.finish(writer)
+    image = _image(writer, [add_busybox_layer(writer), devices], BUSYBOX_EXPECT, ref="devices")
+    writer.close()
+    store = ImageStore(tmp_path / "store")
+    [record] = import_layout(store, image.layout, name="msb-security/devices:1", ref_name="devices")
+    root = await resolve_root(record.name, store=store, cache_dir=tmp_path / "cache")
+    assert nodes(root.rootfs) == []
+    sb = await Engine().start(root.spec("layer-devices", memory_mib=256))
+    try:
+        script = "echo x > /dev/null && test -c /dev/null && test ! -e /dev/sda && test -f /opt/disk && echo ok"
+        res = await sb.exec(["sh", "-c", script])
+        assert (res.exit_code, res.stdout.strip()) == (0, b"ok"), res
+    finally:
+        await sb.kill()
 
 
 @pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="needs mkfs.ext4 (e2fsprogs)")
