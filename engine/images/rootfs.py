@@ -28,8 +28,8 @@ from engine.images.store import ImageRecord, ImageStore
 from engine.vm.disk import build_ext4
 
 FORMAT = 2
-"""2: device nodes of a layer are placeholders, never real devices (trees built before are rebuilt)."""
-"""Bump when the on-disk layout of a built rootfs changes (old caches are rebuilt)."""
+"""Bump when the on-disk layout of a built rootfs changes (old caches are rebuilt). 2: a layer's
+device nodes are placeholders, never real devices."""
 
 
 class ImageDefaults(BaseModel):
