@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from engine.errors import ConfigError
+from engine.sandbox.engine import Engine
+from engine.sandbox.spec import SandboxSpec, VolumeMount
 from engine.vm import safepath
 from engine.vm.safepath import open_beneath, open_dir_nofollow
 
@@ -125,3 +128,77 @@ def test_open_beneath_stays_beneath(resolver: str, tmp_path: Path) -> None:
         assert (tmp_path / "base" / "in" / "new").stat().st_mode & 0o777 == 0o640
     finally:
         os.close(base)
+
+
+# --- against real sandboxes (gVisor: its gofer makes real symlinks and setuid files on the host) ---
+
+
+@pytest.fixture
+def busybox_rootfs() -> Path:
+    from tests.integration.conftest import BUSYBOX
+
+    if not (BUSYBOX / ".complete").exists():
+        pytest.fail(f"{BUSYBOX} is missing: run `make setup` (scripts/build-test-rootfs.sh)")
+    return BUSYBOX
+
+
+def _gvisor_engine() -> Engine:
+    from tests.integration.conftest import BACKENDS
+
+    if "gvisor" not in BACKENDS or os.geteuid() != 0:
+        pytest.skip("gVisor is not among MSB_TEST_BACKENDS, or not root")
+    return Engine(backend="gvisor")
+
+
+@pytest.mark.vm
+async def test_a_volume_swapped_for_a_symlink_by_another_guest_is_refused(
+    busybox_rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = _gvisor_engine()
+    monkeypatch.setenv("MSB_GVISOR_RW_VOLUMES", "allow")  # A needs a read-write volume for the attack
+    shared, secret = tmp_path / "shared", tmp_path / "secret"
+    (shared / "sub").mkdir(parents=True)
+    secret.mkdir()
+    (secret / "key").write_text("s3cret")
+    b_volume = VolumeMount(host=shared / "sub", guest="/data", readonly=True)  # validated now, used later
+    a = await engine.start(SandboxSpec(name="swap-a-" + os.urandom(3).hex(), rootfs=busybox_rootfs,
+                                       volumes=(VolumeMount(host=shared, guest="/shared"),)))  # fmt: skip
+    try:
+        res = await a.exec(["sh", "-c", f"mv /shared/sub /shared/old && ln -s {secret} /shared/sub"], timeout=60)
+        assert res.exit_code == 0, res.stderr
+    finally:
+        await a.kill()
+    assert (shared / "sub").is_symlink()  # the guest's swap reached the host
+    with pytest.raises(ConfigError, match="symlink") as info:
+        b = await engine.start(SandboxSpec(name="swap-b-" + os.urandom(3).hex(), rootfs=busybox_rootfs,
+                                           volumes=(b_volume,)))  # fmt: skip
+        try:  # only reached on a failure: show what B sees
+            print((await b.exec(["ls", "-la", "/data"], timeout=60)).stdout.decode())
+        finally:
+            await b.kill()
+    assert str(shared / "sub") in str(info.value)
+
+
+@pytest.mark.vm
+async def test_gvisor_rw_volume_cannot_plant_a_setuid_root_file(
+    busybox_rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As root, gVisor refuses read-write volumes (its root gofer would create the guest's
+    setuid-root program for real); if it ever starts one, the file must not be setuid root."""
+    engine = _gvisor_engine()
+    monkeypatch.delenv("MSB_GVISOR_RW_VOLUMES", raising=False)
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    spec = SandboxSpec(name="suid-" + os.urandom(3).hex(), rootfs=busybox_rootfs,
+                       volumes=(VolumeMount(host=vol, guest="/vol"),))  # fmt: skip
+    try:
+        sb = await engine.start(spec)
+    except ConfigError as e:
+        assert "read-only" in str(e) and "qemu" in str(e) and "MSB_GVISOR_RW_VOLUMES" in str(e)
+        return
+    try:
+        await sb.exec(["sh", "-c", "cp /bin/busybox /vol/x; chown 0:0 /vol/x; chmod 4755 /vol/x"], timeout=60)
+    finally:
+        await sb.kill()
+    st = (vol / "x").stat()
+    assert not (st.st_mode & stat.S_ISUID and st.st_uid == 0), oct(st.st_mode)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from engine.errors import ConfigError
 from engine.sandbox.bootparts import check_layer_format
 from engine.sandbox.spec import VolumeMount
 from engine.vm.backend import VmSpec
-from engine.vm.gvisor import AGENT_IN_GUEST, container_id, oci_config, runsc_argv
+from engine.vm.gvisor import AGENT_IN_GUEST, RW_VOLUMES_ENV, check_spec, container_id, oci_config, runsc_argv
 
 
 def spec(tmp_path: Path, **kw: object) -> VmSpec:
@@ -77,3 +78,25 @@ def test_layer_format_guard(tmp_path: Path) -> None:
     check_layer_format(tmp_path, "gvisor", image=False)
     with pytest.raises(ConfigError, match="--backend gvisor"):
         check_layer_format(tmp_path, "qemu", image=True)
+
+
+
+def test_rw_volumes_are_refused_as_root_unless_allowed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ro = VolumeMount(host=tmp_path, guest="/ro", readonly=True)
+    rw = VolumeMount(host=tmp_path, guest="/rw")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.delenv(RW_VOLUMES_ENV, raising=False)
+    check_spec(spec(tmp_path, volumes=(ro,)))
+    with pytest.raises(ConfigError, match="setuid-root") as info:
+        check_spec(spec(tmp_path, volumes=(ro, rw)))
+    assert RW_VOLUMES_ENV in str(info.value) and "read-only" in str(info.value)
+    monkeypatch.setenv(RW_VOLUMES_ENV, "allow")
+    check_spec(spec(tmp_path, volumes=(rw,)))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # not root: neither is the gofer
+    monkeypatch.delenv(RW_VOLUMES_ENV)
+    check_spec(spec(tmp_path, volumes=(rw,)))
+
+
+def test_runsc_leaves_cgroups_to_msb_when_msb_made_one(tmp_path: Path) -> None:
+    assert "--ignore-cgroups" in runsc_argv("runsc", spec(tmp_path), tmp_path, [], tmp_path, own_cgroup=True)
+    assert "--ignore-cgroups" not in runsc_argv("runsc", spec(tmp_path), tmp_path, [], tmp_path)

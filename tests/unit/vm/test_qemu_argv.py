@@ -108,3 +108,20 @@ def test_kernel_args_reach_the_command_line() -> None:
     argv = build_argv("/usr/bin/qemu", make_spec(kernel_args=("noreplace-smp", "tsc=reliable")), SOCKETS)
     cmdline = option_values(argv, "-append")[0]
     assert "noreplace-smp" in cmdline.split() and "tsc=reliable" in cmdline.split()
+
+
+def test_confined_qemu_chroots_and_drops_to_the_vmm_user() -> None:
+    argv = build_argv("qemu", make_spec(), SOCKETS, runas="msb-vmm", chroot=Path("/run/x/vmm-root"))
+    assert option_values(argv, "-runas") == ["msb-vmm"] and option_values(argv, "-chroot") == ["/run/x/vmm-root"]
+    # -runas calls setuid() under the filter; with nothing left to elevate to afterwards
+    assert "elevateprivileges=allow" in option_values(argv, "-sandbox")[0]
+    plain = build_argv("qemu", make_spec(), SOCKETS)
+    assert "-runas" not in plain and "elevateprivileges=deny" in option_values(plain, "-sandbox")[0]
+
+
+def test_volumes_reach_qemu_as_inherited_fds(tmp_path: Path) -> None:
+    from engine.sandbox.spec import VolumeMount
+
+    spec = make_spec(volumes=(VolumeMount(host=tmp_path, guest="/data", readonly=True),))
+    argv = build_argv("qemu", spec, SOCKETS, volume_fds=[12])
+    assert option_values(argv, "-fsdev")[0].startswith("local,id=vol0,path=/proc/self/fd/12,")
