@@ -94,9 +94,12 @@ class ReplSession:
             if self._closed:
                 raise SandboxStateError(f"this {self.language} REPL session is closed", hint="start a new one")
             output = OutputCollector()
-            driver = await self._ensure_driver(output)
-            status = await self._execute(driver, code, timeout, output)
-            return status, output.finish()
+            try:
+                driver = await self._ensure_driver(output)
+                status = await self._execute(driver, code, timeout, output)
+                return status, output.finish()
+            finally:
+                output.release()  # the run failed or was cancelled: give its budget back
 
     async def interrupt(self) -> bool:
         """Interrupt the call that is running, if any: it returns with the interpreter's

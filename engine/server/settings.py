@@ -28,7 +28,12 @@ class Limits(BaseModel):
     max_execs_per_sandbox: int = Field(default=128, ge=1)
     """Commands running at once in one sandbox."""
     max_output_bytes: int = Field(default=16 << 20, ge=1024)
-    """Output kept per command and stream."""
+    """Output kept per command and stream, in bytes (more is drained and dropped with a note)."""
+    max_output_lines: int = Field(default=10_000, ge=10)
+    """Lines kept per command in ``output`` (``stdout``/``stderr`` keep their bytes)."""
+    max_output_bytes_total: int = Field(default=256 << 20, ge=1 << 20)
+    """Bytes of command output the server buffers at once, across all commands; a command that
+    finds it spent gets its output cut with a note."""
 
 
 class PoolSetting(BaseModel):

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from engine.errors import ExecError, GuestFileError, MsbError, ProtocolError, VmCrashedError
 from engine.vm import protocol as p
 from engine.vm.channel import ChannelClosed, GuestChannel
-from engine.vm.process import _CLOSED, ExecResult, ExitStatus, OutputChunk, Process, _Route
+from engine.vm.process import ExecResult, ExitStatus, OutputChunk, Process, _Route
 
 __all__ = ["AgentClient", "ExecResult", "ExitStatus", "FileStat", "GuestMetrics", "OutputChunk", "Process"]
 
@@ -31,6 +31,12 @@ WINDOW = 1 << 20
 """Output credit per exec, in bytes (see flow control in docs/protocol.md)."""
 MAX_LIST_ENTRIES = 100_000
 MAX_LOG_LINES_PER_S = 50
+MAX_DROPPED_PER_S = 10_000
+"""Frames nobody asked for (unknown ids, repeated READY, logs over their rate) a guest may send
+per second; more is a flood and costs it its channel."""
+YIELD_EVERY = 64
+"""Frames the reader handles before it lets the event loop run others: a guest whose frames
+arrive faster than they are handled must not starve the other sandboxes' tasks."""
 
 
 class FileStat(BaseModel):
@@ -77,7 +83,8 @@ class AgentClient:
         self._held: asyncio.Future[p.Held] = asyncio.get_running_loop().create_future()
         self._dead: MsbError | None = None
         self._on_dead = on_dead
-        self._log_budget = (0.0, 0)
+        self._logs = _Allowance(MAX_LOG_LINES_PER_S)
+        self._drops = _Allowance(MAX_DROPPED_PER_S)
         self._reader = asyncio.create_task(self._read_loop(), name="agent-reader")
 
     # ------------------------------------------------------------------ plumbing
@@ -118,7 +125,7 @@ class AgentClient:
     def _new_route(self, limit: int = 0) -> tuple[int, _Route]:
         self._check()
         fid = next(self._ids) & 0xFFFFFFFF or next(self._ids)
-        route = _Route(limit=limit)
+        route = _Route(fid, limit=limit)
         self._routes[fid] = route
         return fid, route
 
@@ -141,9 +148,14 @@ class AgentClient:
 
     async def _read_loop(self) -> None:
         try:
-            while True:
-                frame = await self._channel.recv()
-                self._dispatch(frame)
+            for n in itertools.count(1):
+                frame = await self._channel.recv(self._wanted)
+                if frame is None:
+                    self._count_drop()
+                else:
+                    self._dispatch(frame)
+                if n % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
         except ChannelClosed:
             self._fail(self._dead_error("the guest closed its channel"))
         except ProtocolError as exc:
@@ -155,37 +167,42 @@ class AgentClient:
             self._fail(VmCrashedError(f"guest channel reader failed: {exc}"))
             self._channel.close()
 
+    def _wanted(self, kind: int, fid: int) -> bool:
+        """Whether a frame is worth decoding, from its header alone (the body is dropped
+        unread otherwise): a hostile guest must not make the host parse what nobody awaits."""
+        if kind == p.T.READY:
+            return not self._ready.done()
+        if kind == p.T.HELD:
+            return not self._held.done()
+        if kind == p.T.LOG:
+            return self._logs.take()
+        route = self._routes.get(fid)
+        if route is None:
+            return False  # late output of a finished request, or a guest's invention
+        # Past its bound a listing fails anyway: the rest need not be parsed.
+        return not (kind == p.T.LIST_RESULT and route.entries > MAX_LIST_ENTRIES)
+
+    def _count_drop(self) -> None:
+        if not self._drops.take():
+            raise ProtocolError(f"guest sent more than {MAX_DROPPED_PER_S} unwanted frames in a second")
+
     def _dispatch(self, frame: p.GuestFrame) -> None:
         if isinstance(frame, p.Ready):
-            if not self._ready.done():
-                self._ready.set_result(frame)
-            return
-        if isinstance(frame, p.Held):
-            if not self._held.done():
-                self._held.set_result(frame)
-            return
-        if isinstance(frame, p.Log):
-            self._guest_log(frame.message)
-            return
-        route = self._routes.get(frame.id)
-        if route is None:
-            return  # late output of a finished request: harmless, dropped
-        if isinstance(frame, (p.Output, p.FileData)):
-            route.unacked += len(frame.data)
-            if route.unacked > route.limit:
-                raise ProtocolError(
-                    f"guest sent {route.unacked} bytes for request {frame.id}, over its limit of {route.limit}"
-                )
-        route.queue.put_nowait(frame)
-
-    def _guest_log(self, message: str) -> None:
-        now = time.monotonic()
-        start, count = self._log_budget
-        if now - start > 1.0:
-            start, count = now, 0
-        if count < MAX_LOG_LINES_PER_S:
-            log.info("guest agent: %s", message[:512])
-        self._log_budget = (start, count + 1)
+            self._ready.set_result(frame)  # _wanted lets only the first one through
+        elif isinstance(frame, p.Held):
+            self._held.set_result(frame)
+        elif isinstance(frame, p.Log):
+            log.info("guest agent: %s", frame.message[:512])
+        elif (route := self._routes.get(frame.id)) is not None:
+            if isinstance(frame, (p.Output, p.FileData)):
+                route.unacked += len(frame.data)
+                if route.unacked > route.limit:
+                    raise ProtocolError(
+                        f"guest sent {route.unacked} bytes for request {frame.id}, over its limit of {route.limit}"
+                    )
+            elif isinstance(frame, p.ListResult):
+                route.entries += len(frame.entries)
+            route.put(frame)
 
     def _fail(self, exc: MsbError) -> None:
         if self._dead is not None:
@@ -196,16 +213,14 @@ class AgentClient:
                 fut.set_exception(exc)
                 fut.exception()  # mark retrieved: nobody may be waiting
         for route in self._routes.values():
-            route.queue.put_nowait(_CLOSED)
+            route.close()
+        self._routes.clear()  # the requests hold their routes; nothing more is routed
 
     async def _next(self, route: _Route) -> p.GuestFrame:
-        item = await route.queue.get()
-        if item is _CLOSED:
-            route.queue.put_nowait(_CLOSED)  # later readers see it too
-            assert self._dead is not None
-            raise self._dead
-        assert not isinstance(item, (bytes, type(None)))
-        return item  # type: ignore[return-value]
+        frame = await route.get()
+        if frame is None:
+            raise self._dead or ExecError("the process was closed")
+        return frame
 
     async def close(self) -> None:
         """Stop the reader and close the channel."""
@@ -306,19 +321,22 @@ class AgentClient:
             writer = asyncio.create_task(proc.feed(stdin_data))
         out: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         truncated = False
-        async for chunk in proc:
-            buf = out[chunk.stream]
-            room = max_output - len(buf)
-            if room < len(chunk.data):
-                truncated = True
-            buf += chunk.data[: max(room, 0)]
-        status = await proc.wait()
-        if writer is not None:
-            # The process may exit without reading all its stdin; that is not an error,
-            # but a dead channel is, and the wait above has raised it already.
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, MsbError):
-                await writer
+        try:
+            async for chunk in proc:
+                buf = out[chunk.stream]
+                room = max_output - len(buf)
+                if room < len(chunk.data):
+                    truncated = True
+                buf += chunk.data[: max(room, 0)]
+            status = await proc.wait()
+        finally:
+            await proc.close()  # a no-op once it exited; else (cancelled) kill it and drop its route
+            if writer is not None:
+                # The process may exit without reading all its stdin; that is not an error,
+                # but a dead channel is, and the wait above has raised it already.
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, MsbError):
+                    await writer
         return ExecResult(
             exit_code=status.exit_code,
             signal=status.signal,
@@ -475,6 +493,23 @@ class AgentClient:
         """Ask the agent to stop every process, sync and power off (no answer comes)."""
         if self._dead is None:
             await self._send(p.frame(p.T.SHUTDOWN, 0))
+
+
+class _Allowance:
+    """Events allowed per second, counted in one-second windows."""
+
+    def __init__(self, per_s: int) -> None:
+        self._per_s = per_s
+        self._start = 0.0
+        self._count = 0
+
+    def take(self) -> bool:
+        """Count one event; False once this second's allowance is spent."""
+        now = time.monotonic()
+        if now - self._start > 1.0:
+            self._start, self._count = now, 0
+        self._count += 1
+        return self._count <= self._per_s
 
 
 def _exec_error(argv: list[str], res: p.Result) -> ExecError:

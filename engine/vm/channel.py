@@ -8,10 +8,14 @@ frames over any asyncio stream pair (the virtio-serial unix socket QEMU connects
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 from engine.errors import ProtocolError
 from engine.vm.protocol import HEADER, GuestFrame, decode_guest_frame, parse_header
+
+Wanted = Callable[[int, int], bool]
+"""``wanted(type, id)``: whether the receiver wants a frame decoded, asked with the header alone."""
 
 
 class ChannelClosed(Exception):
@@ -29,8 +33,12 @@ class GuestChannel(Protocol):
         """
         ...
 
-    async def recv(self) -> GuestFrame:
+    async def recv(self, wanted: Wanted | None = None) -> GuestFrame | None:
         """Return the next validated frame from the guest.
+
+        Args:
+            wanted: asked before a frame is decoded; a frame it refuses is read, dropped
+                undecoded, and reported as ``None`` (so the caller can count it).
 
         Raises:
             ChannelClosed: clean EOF between frames.
@@ -68,21 +76,21 @@ class StreamChannel:
         except (ConnectionError, RuntimeError) as exc:
             raise ChannelClosed(str(exc)) from exc
 
-    async def recv(self) -> GuestFrame:
-        """Read, bound and validate one frame.
+    async def recv(self, wanted: Wanted | None = None) -> GuestFrame | None:
+        """Read, bound and validate one frame (``None``: one ``wanted`` refused, dropped).
 
         Raises:
             ChannelClosed: EOF before a header.
             ProtocolError: bad length, truncated body, or invalid content.
         """
-        return await read_frame(self._reader)
+        return await read_frame(self._reader, wanted)
 
     def close(self) -> None:
         """Close the underlying transport."""
         self._writer.close()
 
 
-async def read_frame(reader: asyncio.StreamReader) -> GuestFrame:
+async def read_frame(reader: asyncio.StreamReader, wanted: Wanted | None = None) -> GuestFrame | None:
     """Read one guest frame from ``reader``: bound its length, then decode and validate it.
 
     Shared by every channel that receives bytes (the QEMU socket, the fake's in-memory pipe),
@@ -90,9 +98,11 @@ async def read_frame(reader: asyncio.StreamReader) -> GuestFrame:
 
     Args:
         reader: the guest → host byte stream.
+        wanted: asked with the header's type and id before decoding; when it says no, the
+            body is skipped and ``None`` returned.
 
     Returns:
-        The validated frame.
+        The validated frame, or ``None`` for a frame ``wanted`` refused.
 
     Raises:
         ChannelClosed: EOF before a header.
@@ -111,4 +121,6 @@ async def read_frame(reader: asyncio.StreamReader) -> GuestFrame:
         body = await reader.readexactly(body_len) if body_len else b""
     except (asyncio.IncompleteReadError, ConnectionError) as exc:
         raise ProtocolError("channel closed inside a frame body") from exc
+    if wanted is not None and not wanted(kind, fid):
+        return None
     return decode_guest_frame(kind, fid, body)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from engine.sandbox.spec import NetScope, PortMap, VolumeMount
 from engine.vm.backend import Accel, VmSpec
-from engine.vm.channel import ChannelClosed, read_frame
+from engine.vm.channel import ChannelClosed, Wanted, read_frame
 from engine.vm.fake_guest import MISBEHAVIOURS, FakeGuest
 from engine.vm.network import check_network
 from engine.vm.protocol import GuestFrame
@@ -80,14 +80,14 @@ class MemoryChannel:
             raise ChannelClosed("channel closed")
         self._to_guest.write(data)
 
-    async def recv(self) -> GuestFrame:
-        """Return the next validated guest frame.
+    async def recv(self, wanted: Wanted | None = None) -> GuestFrame | None:
+        """Return the next validated guest frame (``None``: one ``wanted`` refused, dropped).
 
         Raises:
             ChannelClosed: the guest side is closed (clean EOF between frames).
             ProtocolError: the guest sent a malformed, oversized or truncated frame.
         """
-        return await read_frame(self._from_guest.reader)
+        return await read_frame(self._from_guest.reader, wanted)
 
     def close(self) -> None:
         """Close both directions; a pending ``recv`` ends with ``ChannelClosed``."""

@@ -7,29 +7,109 @@ through its :class:`~engine.vm.agent.AgentClient`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal as _signal
+from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from engine.errors import ProtocolError
+from engine.errors import MsbError, ProtocolError
 from engine.vm import protocol as p
 
 if TYPE_CHECKING:
     from engine.vm.agent import AgentClient
 
 
-_CLOSED = object()
+MAX_QUEUED_FRAMES = 64
+"""Frames other than output or file data that one request may have waiting; no request is owed
+more than a few, so a guest that sends more is flooding and loses its channel."""
+MAX_QUEUED_CHUNKS = 65_536
+"""Separate data pieces one request may have waiting (adjacent data of one stream is merged,
+so only a guest alternating streams faster than the host reads gets near it)."""
 
 
 @dataclass
+class _Data:
+    """Output or file data waiting for its reader: adjacent frames of one stream, merged."""
+
+    stream: str
+    """``stdout``, ``stderr`` or ``file``."""
+    buf: bytearray
+
+    def frame(self, fid: int) -> p.Output | p.FileData:
+        if self.stream == "file":
+            return p.FileData(id=fid, data=bytes(self.buf))
+        return p.Output(id=fid, stream=self.stream, data=bytes(self.buf))  # type: ignore[arg-type]
+
+
 class _Route:
-    queue: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
-    unacked: int = 0
-    limit: int = 0
-    """Output bytes this request may still receive before the guest broke its promise."""
+    """The frames of one request, in order, bounded.
+
+    Data (output, file data) is bounded by the request's byte limit, checked by the client as
+    it routes; merging keeps its per-frame cost from growing host memory. Other frames may not
+    pile up: :meth:`put` raises :class:`ProtocolError` past :data:`MAX_QUEUED_FRAMES`.
+    """
+
+    def __init__(self, fid: int, limit: int = 0) -> None:
+        """Args:
+        fid: the request id.
+        limit: data bytes this request may have unacknowledged.
+        """
+        self.fid = fid
+        self.limit = limit
+        """Output bytes this request may still receive before the guest broke its promise."""
+        self.unacked = 0
+        self.entries = 0
+        """Directory entries routed so far (a listing's bound is checked before decoding)."""
+        self._items: deque[p.GuestFrame | _Data] = deque()
+        self._frames = 0
+        self._closed = False
+        self._waiter = asyncio.Event()
+
+    def put(self, frame: p.GuestFrame) -> None:
+        """Queue a frame for the request.
+
+        Raises:
+            ProtocolError: too many frames are waiting (the guest is flooding).
+        """
+        if isinstance(frame, (p.Output, p.FileData)):
+            self._put_data("file" if isinstance(frame, p.FileData) else frame.stream, frame.data)
+        else:
+            if self._frames >= MAX_QUEUED_FRAMES:
+                raise ProtocolError(f"guest sent more than {MAX_QUEUED_FRAMES} unread frames for request {self.fid}")
+            self._frames += 1
+            self._items.append(frame)
+        self._waiter.set()
+
+    def _put_data(self, stream: str, data: bytes) -> None:
+        last = self._items[-1] if self._items else None
+        if isinstance(last, _Data) and last.stream == stream:
+            last.buf += data
+            return
+        if len(self._items) - self._frames >= MAX_QUEUED_CHUNKS:
+            raise ProtocolError(f"guest sent more than {MAX_QUEUED_CHUNKS} unread output pieces for request {self.fid}")
+        self._items.append(_Data(stream, bytearray(data)))
+
+    def close(self) -> None:
+        """No more frames will come: once the waiting ones are read, :meth:`get` returns None."""
+        self._closed = True
+        self._waiter.set()
+
+    async def get(self) -> p.GuestFrame | None:
+        """The next frame, or None once the route is closed and empty."""
+        while not self._items:
+            if self._closed:
+                return None
+            self._waiter.clear()
+            await self._waiter.wait()
+        item = self._items.popleft()
+        if isinstance(item, _Data):
+            return item.frame(self.fid)
+        self._frames -= 1
+        return item
 
 
 class ExecResult(BaseModel):
@@ -131,6 +211,15 @@ class Process:
     async def _iter(self) -> AsyncIterator[OutputChunk]:
         while (chunk := await self.read()) is not None:
             yield chunk
+
+    async def close(self) -> None:
+        """Stop caring about the process: kill its process group if it still runs and forget
+        its route, so its late output is dropped on arrival instead of piling up."""
+        if self._status is not None or self._client._routes.get(self._fid) is not self._route:
+            return
+        self._client._routes.pop(self._fid, None)
+        with contextlib.suppress(MsbError):
+            await self.signal(_signal.SIGKILL)
 
     async def wait(self) -> ExitStatus:
         """Wait for the exit, discarding output nobody read."""
