@@ -11,7 +11,8 @@ The console is read into a bounded ring (shown in boot errors) and a size-capped
 
 Confinement (:mod:`engine.vm.confine`): a cgroup per QEMU, ``-chroot`` into an empty directory
 once its files are open, and ``-runas`` the unprivileged ``msb-vmm`` user unless the sandbox has
-volumes (QEMU's 9p server opens their files as long as the VM runs, with root's access).
+volumes (QEMU's 9p server opens their files as long as the VM runs, with root's access). A VM
+that saves or restores its state with a writable drive gets neither (QEMU re-opens it by name).
 
 Volumes and the network device come from :mod:`engine.vm.volumes` and :mod:`engine.vm.network`;
 a ``public`` sandbox's QEMU runs with the network filter of :mod:`engine.vm.netfilter` in
@@ -22,12 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import shutil
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -139,13 +138,6 @@ def _boot_args(spec: VmSpec) -> list[str]:
     return ["-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", kernel_cmdline(spec)]
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the engine process dies (no orphan QEMU)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-
-
 class QemuVm:
     """A running QEMU process (implements :class:`~engine.vm.backend.VmHandle`)."""
 
@@ -234,11 +226,14 @@ class QemuBackend:
             VmError: QEMU exited at once (its stderr is in the message) or never connected.
         """
         sockets = {k: spec.run_dir / f"{k[0]}.sock" for k in ("agent", "console", "qmp")}
-        user = None if spec.volumes else confine.vmm_user()  # see the module docstring
+        # QEMU re-opens a writable drive by name when a migration ends: no chroot or drop then
+        reopens = spec.upper_image is not None and (spec.memory_shared or spec.incoming is not None)
+        user = None if spec.volumes or reopens else confine.vmm_user()  # see the module docstring
+        chroot = None if reopens else confine.empty_root(spec.run_dir, resolv=spec.network != "none")
         fds = open_volume_fds(spec.volumes)
         try:
             argv = build_argv(self.qemu, spec, sockets, volume_fds=fds, runas=user.name if user else None,
-                              chroot=confine.empty_root(spec.run_dir, resolv=spec.network != "none"))  # fmt: skip
+                              chroot=chroot)  # fmt: skip
             env, shim = _qemu_env(spec)
         except BaseException:
             close_fds(fds)
@@ -308,7 +303,7 @@ class QemuBackend:
 
         def setup() -> None:
             if self.die_with_parent:
-                _die_with_parent()  # cleared again by -runas: the cgroup catches an orphan at the next start
+                confine.die_with_parent()  # cleared again by -runas: the cgroup catches an orphan at the next start
             if cgroup is not None:
                 cgroup.enter()
             if state_fd is not None:
