@@ -22,7 +22,8 @@ def server() -> None:
 @server.command("start")
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1; env MSB_HOST).")
 @click.option("--port", type=int, default=None, help="Port (default 5555; env MSB_PORT).")
-@click.option("--dev", is_flag=True, default=None, help="No authentication (loud warning; local development only).")
+@click.option("--dev", is_flag=True, default=None,
+              help="No authentication (local development only; refused off loopback).")
 @click.option("--key", default=None, envvar="MSB_SERVER_KEY", help="Server secret used to sign API keys.")
 @click.option("--detach", is_flag=True, help="Run in the background; logs go to <state>/server.log.")
 @backend_option()
@@ -32,8 +33,15 @@ def server() -> None:
 @click.option("--pool-max-mib", type=click.FloatRange(min=1), default=None,
               help="Memory bound of all pool members in MiB (default: a quarter of the host's available; "
                    "env MSB_POOL_MAX_MIB).")  # fmt: skip
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME[:PORT]",
+              help="Host name clients may use besides 127.0.0.1/localhost (DNS-rebinding protection); repeatable, "
+                   "'*' allows any; replaces MSB_ALLOWED_HOSTS.")  # fmt: skip
+@click.option("--allowed-origin", "allowed_origins", multiple=True, metavar="SCHEME://HOST[:PORT]",
+              help="Web origin allowed to call from a browser; repeatable, '*' allows any; replaces "
+                   "MSB_ALLOWED_ORIGINS.")  # fmt: skip
 def start(host: str | None, port: int | None, dev: bool | None, key: str | None, detach: bool,
-          backend: str | None, pools: tuple[str, ...], pool_max_mib: float | None) -> None:  # fmt: skip
+          backend: str | None, pools: tuple[str, ...], pool_max_mib: float | None,
+          allowed_hosts: tuple[str, ...], allowed_origins: tuple[str, ...]) -> None:  # fmt: skip
     """Start the server (foreground unless --detach). It runs all its sandboxes on one
     backend, chosen here and logged with what isolates them."""
     from engine.server.main import read_pid, serve
@@ -41,7 +49,8 @@ def start(host: str | None, port: int | None, dev: bool | None, key: str | None,
     try:
         settings = ServerSettings.from_env(host=host, port=port, dev=dev or None, key=key, backend=backend,
                                            pools=parse_pools(pools) if pools else None,
-                                           pool_max_mib=pool_max_mib)  # fmt: skip
+                                           pool_max_mib=pool_max_mib, allowed_hosts=list(allowed_hosts) or None,
+                                           allowed_origins=list(allowed_origins) or None)  # fmt: skip
     except ConfigError as exc:
         sys.exit(fail(exc))
     running = read_pid(settings)

@@ -19,6 +19,7 @@ from engine.server import rpc
 from engine.server.auth import ApiAuthError, Claims, check_namespace, token_from_headers, verify
 from engine.server.service import SandboxService
 from engine.server.settings import ServerSettings
+from engine.server.web_guard import WebGuard, WebPolicy
 
 log = logging.getLogger(__name__)
 HEALTHY = {"message": "Service is healthy"}
@@ -102,16 +103,26 @@ def build_app(
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> Starlette:
-    """The Starlette app. ``secret`` is required unless ``settings.dev``."""
+    """The Starlette app. ``secret`` is required unless ``settings.dev``.
+
+    /api/v1/rpc and /mcp sit behind :class:`WebGuard` (Host, Origin, Content-Type: hostile web
+    pages are refused before auth), then :class:`Gate` (key and body size).
+
+    Raises:
+        ApiAuthError: no ``secret`` outside dev mode.
+        ConfigError: a malformed ``settings.allowed_hosts``/``allowed_origins`` entry.
+    """
     if not settings.dev and not secret:
         raise ApiAuthError("the server has no secret", hint="run without --dev once to create one, or pass --key")
     from engine.server.mcp_app import build_mcp
+
+    policy = WebPolicy.for_server(settings.host, settings.port, settings.allowed_hosts, settings.allowed_origins)
 
     def authorize_for(scope: Scope) -> Callable[[str], None]:
         claims = scope.get("msb.claims")
         return lambda ns: check_namespace(claims, ns)
 
-    mcp = build_mcp(service, authorize=authorize_for)
+    mcp = build_mcp(service, authorize=authorize_for, policy=policy)
 
     async def health(_: Request) -> Response:
         return JSONResponse(HEALTHY)
@@ -139,8 +150,8 @@ def build_app(
     return Starlette(
         routes=[
             Route("/api/v1/health", health, methods=["GET"]),
-            Route("/api/v1/rpc", endpoint=Gate(_only_post(rpc_endpoint), settings, secret)),
-            Route("/mcp", endpoint=Gate(mcp.asgi, settings, secret)),
+            Route("/api/v1/rpc", endpoint=WebGuard(Gate(_only_post(rpc_endpoint), settings, secret), policy)),
+            Route("/mcp", endpoint=WebGuard(Gate(mcp.asgi, settings, secret), policy)),
         ],
         lifespan=lifespan,
     )

@@ -81,8 +81,10 @@ def serve(settings: ServerSettings) -> None:
     Raises:
         VmError: the backend asked for (``settings.backend``, ``MSB_BACKEND``) does not work
             here, with the probe's reason; or no backend works.
-        ConfigError: an unknown backend name, or a bad server key.
+        ConfigError: an unknown backend name, a bad server key, ``--dev`` on an address that is not
+            loopback, or a malformed allowed host/origin.
     """
+    settings.check_web_safety()  # before anything listens: --dev off loopback is refused, not warned
     configure_logging(settings.log_level)
     settings.storage.mkdir(parents=True, exist_ok=True, mode=0o700)
     secret = secret_for(settings)

@@ -45,6 +45,7 @@ from engine.server.mcp_tools import (
     tool_schema,
 )
 from engine.server.service import SandboxService
+from engine.server.web_guard import LOOPBACK_POLICY, WebGuard, WebPolicy
 
 log = logging.getLogger(__name__)
 
@@ -155,18 +156,21 @@ class McpEndpoint:
     ``manager`` is the SDK's session manager while ``lifespan()`` runs.
     """
 
-    def __init__(self, service: SandboxService, authorize: Authorize | None, max_body_bytes: int) -> None:
-        self.service, self.authorize, self.max_body_bytes = service, authorize, max_body_bytes
+    def __init__(self, service: SandboxService, authorize: Authorize | None, max_body_bytes: int,
+                 policy: WebPolicy) -> None:  # fmt: skip
+        self.service, self.authorize, self.max_body_bytes, self.policy = service, authorize, max_body_bytes, policy
         self.server = self._build_server()
         self.manager: StreamableHTTPSessionManager | None = None
         self.asgi: ASGIApp = self
+        self.guard = WebGuard(self, policy)
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
         """Run the SDK's session manager; enter it from the app's lifespan. A new manager each
         time (the SDK's runs only once), so the app may be started again."""
         manager = StreamableHTTPSessionManager(
-            app=self.server, json_response=True, stateless=True, max_request_body_size=self.max_body_bytes
+            app=self.server, json_response=True, stateless=True, max_request_body_size=self.max_body_bytes,
+            security_settings=self.policy.mcp_security(),
         )
         async with manager.run():
             self.manager = manager
@@ -178,7 +182,10 @@ class McpEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        if self.manager is None:
+        resp: Response
+        if (refused := self.guard.refusal(scope)) is not None:  # seed-style calls never reach the SDK's check
+            resp = refused
+        elif self.manager is None:
             resp = _error(503, rpc.INTERNAL_ERROR, "MCP is not running (its lifespan was not entered)")
         elif scope["method"] != "POST":  # stateless: no session to DELETE, no stream to GET
             resp = _error(405, rpc.INVALID_REQUEST, "Method not allowed: POST JSON-RPC here")
@@ -268,7 +275,8 @@ class McpEndpoint:
 
 
 def build_mcp(service: SandboxService, *, authorize: Authorize | None = None,
-              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> McpEndpoint:  # fmt: skip
+              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, policy: WebPolicy = LOOPBACK_POLICY,
+              ) -> McpEndpoint:  # fmt: skip
     """The MCP endpoint over ``service``.
 
     Args:
@@ -278,8 +286,10 @@ def build_mcp(service: SandboxService, *, authorize: Authorize | None = None,
             :class:`MsbError` it raises becomes an ``isError`` result (seed-style calls: a JSON-RPC
             error, with the error's ``http_status`` if it has one). ``None``: no checks.
         max_body_bytes: larger POST bodies get HTTP 413 with a JSON-RPC error.
+        policy: the ``Host``/``Origin`` values accepted (engine/server/web_guard.py), checked here and
+            by the SDK's DNS-rebinding protection; default loopback names and no web page.
 
     Returns:
         The endpoint; route ``.asgi`` at ``/mcp`` and enter ``.lifespan()`` in the app's lifespan.
     """
-    return McpEndpoint(service, authorize, max_body_bytes)
+    return McpEndpoint(service, authorize, max_body_bytes, policy)

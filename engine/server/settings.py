@@ -72,7 +72,7 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=5555, ge=0, le=65535)
     dev: bool = False
-    """No authentication at all (prints a loud warning)."""
+    """No authentication at all (prints a loud warning); refused off loopback."""
     key: str | None = None
     """Server secret override (default: ``<state>/server.key``)."""
     storage: Path = Field(default_factory=paths.state_dir)
@@ -86,6 +86,12 @@ class ServerSettings(BaseModel):
     pool_max_mib: float | None = Field(default=None, gt=0)
     """Bound of all pool members' memory in MiB (default: a quarter of the host's available
     memory at start)."""
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """``Host`` names accepted besides loopback and the bind address (``--allowed-host``,
+    ``MSB_ALLOWED_HOSTS``; ``*`` = any): DNS-rebinding protection (engine/server/web_guard.py)."""
+    allowed_origins: list[str] = Field(default_factory=list)
+    """Web origins allowed to call besides ``http://127.0.0.1:<port>`` and friends
+    (``--allowed-origin``, ``MSB_ALLOWED_ORIGINS``; ``*`` = any)."""
     # image pulls API clients ask for (engine/images/policy.py); warm pools are the operator's own
     tenant_registry_credentials: bool = False
     """Such pulls may send the operator's stored registry credentials (``--tenant-registry-credentials``,
@@ -99,7 +105,8 @@ class ServerSettings(BaseModel):
         """Flags given (not None) win over ``MSB_HOST``/``MSB_PORT``/``MSB_API_KEY``…
 
         Raises:
-            ConfigError: a malformed ``MSB_POOL`` or ``MSB_POOL_MAX_MIB``.
+            ConfigError: a malformed ``MSB_POOL`` or ``MSB_POOL_MAX_MIB``; ``--dev`` off loopback; a
+                malformed allowed host or origin.
         """
         env: dict[str, object] = {}
         if os.environ.get("MSB_HOST"):
@@ -123,6 +130,9 @@ class ServerSettings(BaseModel):
             env["pools"] = parse_pools(i for i in os.environ["MSB_POOL"].split(",") if i.strip())
         if os.environ.get("MSB_POOL_MAX_MIB", "").strip():
             env["pool_max_mib"] = _positive("MSB_POOL_MAX_MIB", os.environ["MSB_POOL_MAX_MIB"])
+        for field, var in (("allowed_hosts", "MSB_ALLOWED_HOSTS"), ("allowed_origins", "MSB_ALLOWED_ORIGINS")):
+            if os.environ.get(var, "").strip():
+                env[field] = [i.strip() for i in os.environ[var].split(",") if i.strip()]
         if os.environ.get("MSB_TENANT_REGISTRY_CREDENTIALS", "").strip() not in ("", "0"):
             env["tenant_registry_credentials"] = True
         if os.environ.get("MSB_ALLOWED_REGISTRIES", "").strip():
@@ -130,6 +140,7 @@ class ServerSettings(BaseModel):
                                          if i.strip()]  # fmt: skip
         env.update({k: v for k, v in flags.items() if v is not None})
         settings = cls.model_validate(env)
+        settings.check_web_safety()
         settings.pull_policy()  # a malformed --allow-registry fails at start
         return settings
 
@@ -143,6 +154,17 @@ class ServerSettings(BaseModel):
 
         return PullPolicy.for_tenants(use_credentials=self.tenant_registry_credentials,
                                       allowed_private=self.allowed_registries)  # fmt: skip
+
+    def check_web_safety(self) -> None:
+        """Refuse ``--dev`` off loopback and malformed allowed hosts/origins (engine/server/web_guard.py).
+
+        Raises:
+            ConfigError: with the reason and a hint.
+        """
+        from engine.server.web_guard import WebPolicy, check_dev_bind
+
+        check_dev_bind(self.dev, self.host)
+        WebPolicy.for_server(self.host, self.port, self.allowed_hosts, self.allowed_origins)
 
     @property
     def url(self) -> str:

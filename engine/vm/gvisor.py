@@ -19,9 +19,9 @@ The bundle (in the VM's private run directory):
   followed and bind-mounted from that fd into the run directory (``nosuid,nodev``, read-only
   for a read-only volume), and runsc gets that mount (:func:`engine.vm.volumes.bind_volumes`).
   The gofer runs as root and creates the guest's files for real: a guest could leave a
-  setuid-root program in a read-write volume. So when msb runs as root, read-write volumes are
-  refused (:func:`check_spec`; ``auto`` then falls back to another backend) unless the operator
-  sets ``MSB_GVISOR_RW_VOLUMES=allow``.
+  setuid-root program in a read-write volume. So when msb runs as root, read-write volumes that
+  other host users can reach are refused (:func:`check_spec`; ``auto`` then falls back to another
+  backend) unless the operator sets ``MSB_GVISOR_RW_VOLUMES=allow``.
 - limits: memory and CPU quota as OCI resources; every process of the sandbox (runsc, its
   Sentry and gofer, slirp4netns) in a cgroup of its own (:mod:`engine.vm.confine`).
 - network: per scope, from :mod:`engine.vm.gvisor_net`.
@@ -68,17 +68,41 @@ RW_VOLUMES_ENV = "MSB_GVISOR_RW_VOLUMES"
 def check_spec(spec: VmSpec) -> None:
     """Refuse what gVisor cannot run safely here (pure), before anything is prepared.
 
+    A setuid-root program the guest leaves in a read-write volume only matters to host users
+    who can reach it: a volume below a root-owned directory that nobody else may enter (the
+    server's 0700 volume areas, ``/root``) is fine.
+
     Raises:
-        ConfigError: a read-write volume while msb runs as root, unless ``MSB_GVISOR_RW_VOLUMES=allow``.
+        ConfigError: a read-write volume other users can reach while msb runs as root, unless
+            ``MSB_GVISOR_RW_VOLUMES=allow``.
     """
-    rw = [v for v in spec.volumes if not v.readonly]
-    if rw and os.geteuid() == 0 and os.environ.get(RW_VOLUMES_ENV) != "allow":
+    if os.geteuid() != 0 or os.environ.get(RW_VOLUMES_ENV) == "allow":
+        return
+    rw = [v for v in spec.volumes if not v.readonly and reachable_by_others(v.host)]
+    if rw:
         raise ConfigError(
             f"read-write volume {rw[0].host} -> {rw[0].guest}: gVisor's gofer runs as root and would create the "
-            "guest's setuid-root programs for real in the host directory",
-            hint=f"share it read-only, use the QEMU backend (--backend qemu; it keeps owners and modes in xattrs), "
-            f"or accept the risk with {RW_VOLUMES_ENV}=allow",
+            "guest's setuid-root programs for real in a host directory that other users can reach",
+            hint=f"share it read-only, keep it below a directory only root may enter (chmod 700), use the QEMU "
+            f"backend (--backend qemu; it keeps owners and modes in xattrs), or accept the risk with "
+            f"{RW_VOLUMES_ENV}=allow",
         )
+
+
+def reachable_by_others(path: Path) -> bool:
+    """Whether a user other than root may walk down to ``path``: False when it or a parent is
+    a root-owned directory without search permission for others (nor for a group other than
+    root's)."""
+    current = Path(os.path.abspath(path))
+    for d in (current, *current.parents):
+        try:
+            st = os.stat(d)
+        except OSError:
+            return True
+        closed_group = not st.st_mode & 0o010 or st.st_gid == 0
+        if st.st_uid == 0 and not st.st_mode & 0o001 and closed_group:
+            return False
+    return True
 
 
 def container_id(spec: VmSpec) -> str:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from engine.errors import ConfigError
 from engine.sandbox.engine import Engine
 from engine.sandbox.spec import SandboxSpec, VolumeMount
 from engine.vm import safepath
+from engine.vm.gvisor import reachable_by_others
 from engine.vm.safepath import open_beneath, open_dir_nofollow
 
 
@@ -180,25 +183,40 @@ async def test_a_volume_swapped_for_a_symlink_by_another_guest_is_refused(
 
 
 @pytest.mark.vm
-async def test_gvisor_rw_volume_cannot_plant_a_setuid_root_file(
+async def test_gvisor_rw_volume_cannot_plant_a_setuid_root_file_others_can_reach(
     busybox_rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As root, gVisor refuses read-write volumes (its root gofer would create the guest's
-    setuid-root program for real); if it ever starts one, the file must not be setuid root."""
+    """As root, gVisor's gofer would create the guest's setuid-root program for real: a read-write
+    volume that other host users can reach is refused; one below a directory only root may
+    enter starts, and what the guest plants there is out of every other user's reach."""
     engine = _gvisor_engine()
     monkeypatch.delenv("MSB_GVISOR_RW_VOLUMES", raising=False)
-    vol = tmp_path / "vol"
-    vol.mkdir()
-    spec = SandboxSpec(name="suid-" + os.urandom(3).hex(), rootfs=busybox_rootfs,
-                       volumes=(VolumeMount(host=vol, guest="/vol"),))  # fmt: skip
+    open_dir = Path(tempfile.mkdtemp(prefix="msb-suid-", dir="/tmp"))
     try:
-        sb = await engine.start(spec)
-    except ConfigError as e:
-        assert "read-only" in str(e) and "qemu" in str(e) and "MSB_GVISOR_RW_VOLUMES" in str(e)
-        return
+        os.chmod(open_dir, 0o755)  # like a project in /home/user: other users can walk in
+        spec = SandboxSpec(name="suid-" + os.urandom(3).hex(), rootfs=busybox_rootfs,
+                           volumes=(VolumeMount(host=open_dir, guest="/vol"),))  # fmt: skip
+        try:
+            sb = await engine.start(spec)
+        except ConfigError as e:
+            assert "read-only" in str(e) and "qemu" in str(e) and "MSB_GVISOR_RW_VOLUMES" in str(e)
+        else:
+            try:
+                await sb.exec(["sh", "-c", "cp /bin/busybox /vol/x; chown 0:0 /vol/x; chmod 4755 /vol/x"], timeout=60)
+            finally:
+                await sb.kill()
+            st = (open_dir / "x").stat()
+            assert not (st.st_mode & stat.S_ISUID and st.st_uid == 0), oct(st.st_mode)
+    finally:
+        shutil.rmtree(open_dir, ignore_errors=True)
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    os.chmod(tmp_path.parent, 0o700)  # pytest's own base directory; only root may enter
+    assert not reachable_by_others(closed)
+    sb = await engine.start(spec.model_copy(update={"volumes": (VolumeMount(host=closed, guest="/vol"),)}))
     try:
-        await sb.exec(["sh", "-c", "cp /bin/busybox /vol/x; chown 0:0 /vol/x; chmod 4755 /vol/x"], timeout=60)
+        res = await sb.exec(["sh", "-c", "cp /bin/busybox /vol/x && chmod 4755 /vol/x"], timeout=60)
+        assert res.exit_code == 0, res.stderr
     finally:
         await sb.kill()
-    st = (vol / "x").stat()
-    assert not (st.st_mode & stat.S_ISUID and st.st_uid == 0), oct(st.st_mode)
+    assert not reachable_by_others(closed / "x")

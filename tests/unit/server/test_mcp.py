@@ -307,7 +307,7 @@ async def test_authorize_is_asked_with_the_request_scope(service: FakeService, m
 async def test_requests_before_the_lifespan_get_503() -> None:
     endpoint = build_mcp(FakeService())
     transport = httpx.ASGITransport(app=endpoint.asgi)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
         resp = await http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
     assert resp.status_code == 503
     for _ in range(2):  # a fresh SDK session manager each time: the app may start again

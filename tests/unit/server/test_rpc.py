@@ -19,7 +19,8 @@ URL = "http://msb.test/api/v1/rpc"
 
 
 def _client(tmp_path: Path, *, dev: bool = False, limit: int = 10 << 20) -> httpx.AsyncClient:
-    settings = ServerSettings(dev=dev, storage=tmp_path, limits=Limits(max_body_bytes=limit))
+    settings = ServerSettings(dev=dev, storage=tmp_path, limits=Limits(max_body_bytes=limit),
+                              allowed_hosts=["msb.test"])  # the ASGI client's Host
     app = build_app(settings, FakeService(), secret=None if dev else SECRET)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://msb.test")
 
@@ -96,7 +97,7 @@ async def test_notification_gets_no_body(client: httpx.AsyncClient) -> None:
 async def test_oversized_body(tmp_path: Path) -> None:
     async with _client(tmp_path, limit=2048) as c:
         c.headers["Authorization"] = "Bearer " + make_key(SECRET)
-        r = await c.post(URL, content=b"x" * 5000)
+        r = await c.post(URL, content=b"x" * 5000, headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == -32600
 
 
@@ -178,7 +179,7 @@ async def test_the_backend_is_reported_as_additions(tmp_path: Path) -> None:
 async def test_ephemeral_starts_and_pools_are_reported(tmp_path: Path) -> None:
     """``config.ephemeral`` (ours) is accepted; ``started_by``/``start_ms`` and ``server.info``'s
     ``pools`` say what the (fake) pool did."""
-    settings = ServerSettings(dev=True, storage=tmp_path)
+    settings = ServerSettings(dev=True, storage=tmp_path, allowed_hosts=["msb.test"])
     app = build_app(settings, FakeService(pools={"microsandbox/python": 2}), secret=None)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://msb.test") as c:
         for name, ephemeral in (("e", True), ("p", False)):

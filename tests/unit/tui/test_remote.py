@@ -27,7 +27,7 @@ async def remote(tmp_path: Path) -> AsyncIterator[tuple[RemoteWorkbench, FakeSer
     service = FakeService()
     await service.start("default", "api", SandboxConfig(image="microsandbox/python"))
     await service.stop("default", "api")
-    app = build_app(ServerSettings(storage=tmp_path), service, secret=SECRET)
+    app = build_app(ServerSettings(storage=tmp_path, allowed_hosts=["msb.test"]), service, secret=SECRET)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://msb.test")
     rpc = RpcClient("http://msb.test", make_key(SECRET, namespace="default"), client=http)
     workbench = RemoteWorkbench("http://msb.test", client=rpc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from engine.errors import ConfigError
 from engine.sandbox.bootparts import check_layer_format
 from engine.sandbox.spec import VolumeMount
+from engine.vm import gvisor
 from engine.vm.backend import VmSpec
 from engine.vm.gvisor import AGENT_IN_GUEST, RW_VOLUMES_ENV, check_spec, container_id, oci_config, runsc_argv
 
@@ -86,6 +88,7 @@ def test_rw_volumes_are_refused_as_root_unless_allowed(monkeypatch: pytest.Monke
     rw = VolumeMount(host=tmp_path, guest="/rw")
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.delenv(RW_VOLUMES_ENV, raising=False)
+    monkeypatch.setattr(gvisor, "reachable_by_others", lambda _: True)
     check_spec(spec(tmp_path, volumes=(ro,)))
     with pytest.raises(ConfigError, match="setuid-root") as info:
         check_spec(spec(tmp_path, volumes=(ro, rw)))
@@ -95,6 +98,22 @@ def test_rw_volumes_are_refused_as_root_unless_allowed(monkeypatch: pytest.Monke
     monkeypatch.setattr(os, "geteuid", lambda: 1000)  # not root: neither is the gofer
     monkeypatch.delenv(RW_VOLUMES_ENV)
     check_spec(spec(tmp_path, volumes=(rw,)))
+
+
+def test_a_rw_volume_only_root_can_reach_is_fine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.delenv(RW_VOLUMES_ENV, raising=False)
+    closed, opened = tmp_path / "closed" / "vol", Path(tempfile.mkdtemp(dir="/tmp"))
+    closed.mkdir(parents=True)
+    os.chmod(closed.parent, 0o700)
+    os.chmod(opened, 0o755)
+    try:
+        assert not gvisor.reachable_by_others(closed) and gvisor.reachable_by_others(opened)
+        check_spec(spec(tmp_path, volumes=(VolumeMount(host=closed, guest="/rw"),)))
+        with pytest.raises(ConfigError, match="other users can reach"):
+            check_spec(spec(tmp_path, volumes=(VolumeMount(host=opened, guest="/rw"),)))
+    finally:
+        os.rmdir(opened)
 
 
 def test_runsc_leaves_cgroups_to_msb_when_msb_made_one(tmp_path: Path) -> None:
