@@ -190,6 +190,30 @@ async def test_a_cancelled_collection_kills_the_process_and_gives_its_budget_bac
     assert proc.closed and output_budget(limits).used == 0
 
 
+async def test_the_service_method_behind_rpc_and_mcp_is_bounded(tmp_path: Path) -> None:
+    """``sandbox.command.run`` and MCP's ``sandbox_run_command`` both call
+    ``SandboxManager.run_command``: on the fake backend (real host processes), 8 MiB of
+    newlines through it comes back bounded."""
+    from engine.server.manager import SandboxManager
+    from engine.server.service import SandboxConfig
+    from engine.server.tenancy import TenantPolicy
+    from engine.vm.fake import FakeBackend
+
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    limits = Limits(max_output_lines=500)
+    m = SandboxManager(tmp_path / "state", limits, engine=Engine(backend=FakeBackend(), accel="tcg"),
+                       policy=TenantPolicy(allowed_image_dirs=(tmp_path,)))  # fmt: skip
+    try:
+        await m.start("t1", "flood", SandboxConfig(image=str(rootfs)))
+        res = await asyncio.wait_for(m.run_command("t1", "flood", "sh", ["-c", 'yes "" | head -c 8388608'], None), T)
+    finally:
+        await m.shutdown()
+    assert res.exit_code == 0 and len(res.stdout) == 8 * MiB
+    assert len(res.output) == 501 and "500 lines" in res.output[-1].text
+    assert output_budget(limits).used == 0
+
+
 # ---------------------------------------------------------------- a real sandbox
 
 BUSYBOX = paths.cache_dir() / "rootfs-dirs" / "busybox"
