@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from engine.errors import ConfigError, MsbError
 from engine.project.sandboxfile import Sandboxfile
+from engine.vm.safepath import open_beneath
 
 MAX_STATE_BYTES = 64 << 10
 SUPERVISOR_READY_TIMEOUT_S = 120.0
@@ -143,6 +144,34 @@ class SandboxDir:
             raise MsbError(f"sandbox {self.name!r} is not running ({st.status})",
                            hint=f"start it with `msb run {self.name}`")  # fmt: skip
         return Path(st.socket)
+
+
+def make_private_dirs(base: Path, rel: str) -> Path:
+    """``mkdir -p base/rel`` (new directories 0700) without passing through any symlink.
+
+    No sandbox may write ``.menv`` (a read-write volume over it is refused), but a symlink
+    planted there some other way must still not send the supervisor's files, or a persistent
+    layer, anywhere else on the host.
+
+    Raises:
+        MsbError: a component is a symlink or not a directory.
+    """
+    fd = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in rel.split("/"):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o700, dir_fd=fd)
+            try:
+                nfd = open_beneath(fd, part, os.O_PATH | os.O_DIRECTORY)
+            except OSError as exc:
+                hint = f"remove it; msb keeps the project's sandboxes in {base / '.menv'}"
+                raise MsbError(f"{base / rel}: {part!r} is a symlink or not a directory ({exc.strerror})",
+                               hint=hint) from None
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+    return base / rel
 
 
 class Project:

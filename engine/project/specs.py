@@ -8,10 +8,10 @@ host paths come from API clients and must stay inside the namespace's volume are
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import shlex
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from engine.errors import ConfigError
 from engine.images.rootfs import ImageDefaults
 from engine.project.schema import SandboxEntry, SyntaxProblem, split_env, split_port, split_volume
 from engine.sandbox.spec import PortMap, VolumeMount
+from engine.vm.safepath import first_symlink, open_beneath
 
 DEFAULT_MEMORY_MIB = 512
 DEFAULT_SHELL = "/bin/sh"
@@ -69,28 +70,22 @@ def parse_volume(text: str, base_dir: Path, *, confine: bool = False) -> VolumeM
 
 
 def _check_no_symlinks(base: Path, rel: str, text: str) -> None:
-    """Walk ``rel`` below ``base`` with ``O_NOFOLLOW``; a missing component is left for the
-    caller to report.
+    """Resolve ``rel`` beneath ``base`` following no symlink; a missing component is left for
+    the caller to report.
 
     Raises:
         ConfigError: a component is a symlink.
     """
-    fd = os.open(base, os.O_PATH | os.O_DIRECTORY)
+    fd = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for part in [p for p in rel.split("/") if p not in ("", ".")]:
-            try:
-                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                return
-            if stat.S_ISLNK(st.st_mode):
-                raise ConfigError(f"volume {text!r}: {part!r} is a symlink, and volume paths inside {base} are "
-                                  "never followed through symlinks (a sandbox could have made it)",
-                                  hint="name the real directory (an absolute path on the CLI)")  # fmt: skip
-            if not stat.S_ISDIR(st.st_mode):
-                return
-            nfd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
+        os.close(open_beneath(fd, rel, os.O_PATH))
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            return
+        link = first_symlink(str(base / rel))
+        raise ConfigError(f"volume {text!r}: {link or rel} is a symlink, and volume paths inside {base} are never "
+                          "followed through symlinks (a sandbox could have made it)",
+                          hint="name the real directory (an absolute path on the CLI)") from None  # fmt: skip
     finally:
         os.close(fd)
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from engine.errors import ConfigError, MsbError
 from engine.project.control import MAX_LINE, ControlError, encode, read_msg
-from engine.project.runtime import SandboxDir, SandboxState
+from engine.project.runtime import SandboxDir, SandboxState, make_private_dirs
 from engine.project.session import MainProcess, serve_spawn
 from engine.repl.pool import ReplPool
 from engine.sandbox.sandbox import Sandbox
@@ -217,8 +217,7 @@ async def _boot(sandboxfile: Path, name: str, sdir: SandboxDir, backend: str | N
 
 async def amain(sandboxfile: Path, name: str, command: list[str] | None, wait_attach: bool,
                 keep_alive: bool = False, backend: str | None = None) -> int:  # fmt: skip
-    sdir = SandboxDir(sandboxfile.parent / ".menv" / "sandboxes" / name, name)
-    sdir.path.mkdir(parents=True, exist_ok=True)
+    sdir = SandboxDir(make_private_dirs(sandboxfile.parent, f".menv/sandboxes/{name}"), name)
     lock_fd = os.open(sdir.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
