@@ -61,7 +61,7 @@ def exe(image: str, command: tuple[str, ...], cpus: int, memory: int, envs: tupl
       msb exe ./rootfs -- ls /
       msb exe --backend qemu busybox -- uname -r
     """
-    from engine.project.specs import parse_port, parse_volume
+    from engine.project.specs import parse_port, parse_volume, refuse_writable_state
 
     argv = list(command)
     if argv and argv[0] == "--":
@@ -69,6 +69,7 @@ def exe(image: str, command: tuple[str, ...], cpus: int, memory: int, envs: tupl
     env = parse_env_options(envs)
     try:
         mounts = tuple(parse_volume(v, Path.cwd()) for v in volumes)
+        refuse_writable_state(list(mounts), list(volumes))
         published = tuple(parse_port(p) for p in ports)
         check_backend(backend)
     except MsbError as exc:

@@ -143,7 +143,7 @@ def spec_overrides(entry: SandboxEntry, base_dir: Path, *, confine: bool = False
     """
     volumes = [parse_volume(v, base_dir, confine=confine) for v in entry.volumes]
     if not confine:
-        _refuse_writable_state(volumes, base_dir.resolve() / PROJECT_STATE, entry.volumes)
+        refuse_writable_state(volumes, entry.volumes, base_dir.resolve() / PROJECT_STATE)
     ports = [parse_port(p) for p in entry.ports]
     _unique("volume", [v.guest for v in volumes], entry.volumes)
     _unique("port", [(p.host_ip, p.host_port, p.protocol) for p in ports], entry.ports)
@@ -158,16 +158,24 @@ def spec_overrides(entry: SandboxEntry, base_dir: Path, *, confine: bool = False
     }
 
 
-def _refuse_writable_state(volumes: list[VolumeMount], state: Path, texts: list[str]) -> None:
+def refuse_writable_state(volumes: list[VolumeMount], texts: list[str], state: Path | None = None) -> None:
     """A project's ``.menv`` holds what msb trusts (persistent layers, run state, sockets): a
-    sandbox must not be able to write it through a volume.
+    sandbox must not be able to write it through a volume — neither its own project's
+    (``state``) nor one sitting directly in a volume's directory (``msb exe -v .:/work`` run
+    in a project).
 
     Raises:
-        ConfigError: a read-write volume is ``.menv`` or one of its parents.
+        ConfigError: a read-write volume is such a ``.menv`` or one of its parents.
     """
     for vol, text in zip(volumes, texts, strict=True):
-        if not vol.readonly and state.is_relative_to(vol.host):
-            raise ConfigError(f"volume {text!r} would let the sandbox write {state}, where msb keeps the project's "
+        if vol.readonly:
+            continue
+        inside = vol.host / PROJECT_STATE
+        exposed = state if state is not None and state.is_relative_to(vol.host) else None
+        if exposed is None and os.path.isdir(inside):
+            exposed = inside
+        if exposed is not None:
+            raise ConfigError(f"volume {text!r} would let the sandbox write {exposed}, where msb keeps a project's "
                               "sandboxes (their files, run state and sockets)",
                               hint=f"mount a subdirectory instead (e.g. ./src:{vol.guest}), or add :ro")  # fmt: skip
 

@@ -47,3 +47,13 @@ def test_a_symlink_in_menv_is_never_followed(tmp_path: Path) -> None:
     assert list(target.iterdir()) == []
     made = make_private_dirs(tmp_path, ".menv/sandboxes/c")
     assert made.is_dir() and not made.is_symlink() and (os.stat(made).st_mode & 0o777) == 0o700
+
+
+def test_msb_exe_in_a_project_cannot_hand_its_menv_to_a_guest(tmp_path: Path) -> None:
+    from engine.project.specs import parse_volume, refuse_writable_state
+
+    (tmp_path / ".menv").mkdir()
+    mount = parse_volume(".:/work", tmp_path)
+    with pytest.raises(ConfigError, match=r"\.menv"):
+        refuse_writable_state([mount], [".:/work"])
+    refuse_writable_state([parse_volume(".:/work:ro", tmp_path)], [".:/work:ro"])
