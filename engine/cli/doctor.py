@@ -2,7 +2,8 @@
 
 Every backend is probed for real (gVisor afresh; QEMU's KVM-or-TCG verdict comes from a probe
 boot cached per host, QEMU and kernel), then the host tools, the guest kernel and agent, the
-default choice and its isolation in plain words. The findings are gathered by
+default choice and its isolation in plain words, and the one next step when something is
+missing (``make setup``, or the ``apt-get install`` of a missing package). The findings are gathered by
 :mod:`engine.cli.doctor_report`; ``--json`` prints that report as it is. Exit code 1 only
 when no backend works here.
 """
@@ -56,6 +57,7 @@ def render(report: Report) -> str:
     ]
     if report.recommendation:
         out.append(_wrapped("recommend:", report.recommendation))
+    out.append(_wrapped("next step:", report.next_step or "none: nothing msb needs is missing"))
     return "\n".join(out)
 
 

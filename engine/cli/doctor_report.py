@@ -40,6 +40,10 @@ class Check(BaseModel):
     level: Level
     detail: str
     hint: str | None = None
+    package: str | None = None
+    """The Debian package that provides what is missing (``apt-get install`` it)."""
+    setup: bool = False
+    """Whether ``make setup`` builds or fetches what is missing (the agent, a kernel, runsc …)."""
 
 
 class BackendEntry(BaseModel):
@@ -89,6 +93,8 @@ class Report(BaseModel):
     tcg: str
     """What TCG is worth as isolation (always said)."""
     recommendation: str | None = None
+    next_step: str | None = None
+    """The one thing to do next when something is missing; None when nothing is."""
 
     @property
     def usable(self) -> bool:
@@ -180,21 +186,30 @@ def tool_checks(cache_dir: Path) -> list[Check]:
     qemu = shutil.which("qemu-system-x86_64")
     checks.append(Check(name="qemu", level="ok" if qemu else "warn",
                         detail=(_version([qemu, "--version"]) or qemu) if qemu else "qemu-system-x86_64 not found",
-                        hint=None if qemu else "apt-get install qemu-system-x86 (or make setup)"))  # fmt: skip
+                        hint=None if qemu else "apt-get install qemu-system-x86 (or make setup)",
+                        package=None if qemu else "qemu-system-x86"))  # fmt: skip
     for tool, what, pkg in (("mmdebstrap", "builds the offline base images", "mmdebstrap"),
-                            ("mkfs.ext4", "makes QEMU's root and writable-layer images", "e2fsprogs")):  # fmt: skip
-        found = shutil.which(tool)
+                            ("mkfs.ext4", "makes QEMU's root and writable-layer images", "e2fsprogs"),
+                            ("depmod", "resolves the Debian kernel's module dependencies", "kmod")):  # fmt: skip
+        found = _which_sbin(tool)
         checks.append(Check(name=tool, level="ok" if found else "warn",
                             detail=f"{found} ({what})" if found else f"missing: {what}",
-                            hint=None if found else f"apt-get install {pkg}"))  # fmt: skip
+                            hint=None if found else f"apt-get install {pkg}",
+                            package=None if found else pkg))  # fmt: skip
     checks.append(_runsc(cache_dir))
     slirp = os.environ.get("MSB_SLIRP4NETNS") or shutil.which("slirp4netns")
     ok = bool(slirp) and os.access(slirp or "", os.X_OK)
     checks.append(Check(name="slirp4netns", level="ok" if ok else "warn",
                         detail=f"{slirp} (gVisor sandboxes' network)" if ok else "missing: gVisor sandboxes' network",
                         hint=None if ok else "apt-get install slirp4netns (or make setup); "
-                        "without it gVisor runs only scope 'none'"))  # fmt: skip
+                        "without it gVisor runs only scope 'none'", package=None if ok else "slirp4netns"))  # fmt: skip
     return checks
+
+
+def _which_sbin(tool: str) -> str | None:
+    """``tool`` on PATH or in /usr/sbin, /sbin (not on a non-root user's PATH on Debian)."""
+    return shutil.which(tool) or next((p for d in ("/usr/sbin", "/sbin") if os.access(p := f"{d}/{tool}", os.X_OK)),
+                                      None)  # fmt: skip
 
 
 def _runsc(cache_dir: Path) -> Check:
@@ -204,7 +219,7 @@ def _runsc(cache_dir: Path) -> Check:
         runsc = find_runsc(cache_dir)
         version = runsc_version(runsc)
     except MsbError as exc:
-        return Check(name="runsc", level="warn", detail=f"gVisor unavailable: {exc.message}", hint=exc.hint)
+        return Check(name="runsc", level="warn", detail=f"gVisor unavailable: {exc.message}", hint=exc.hint, setup=True)
     return Check(name="runsc", level="ok", detail=f"{runsc} (gVisor {version})")
 
 
@@ -213,7 +228,7 @@ def netfilter_check() -> Check:
     if shim.is_file():
         return Check(name="network filter", level="ok",
                      detail=f"{shim} (enforces the 'public' scope: no host loopback/private ranges)")  # fmt: skip
-    return Check(name="network filter", level="fail", detail=f"missing: {shim}",
+    return Check(name="network filter", level="fail", detail=f"missing: {shim}", setup=True,
                  hint="make netfilter (or make setup); without it 'public' sandboxes refuse to start")  # fmt: skip
 
 
@@ -224,13 +239,14 @@ def kernel_checks(cache_dir: Path) -> tuple[list[Check], str | None]:
     try:
         k = resolve_kernel(cache_dir)
     except MsbError as exc:
-        return [Check(name="kernel (QEMU)", level="warn", detail=exc.message, hint=exc.hint)], None
+        return [Check(name="kernel (QEMU)", level="warn", detail=exc.message, hint=exc.hint, setup=True)], None
     text = f"{k.kind} {k.version} ({k.source or k.path})"
     return [
         Check(name="kernel (QEMU)", level="ok", detail=text),
         Check(name="volumes (9p)", level="ok" if k.supports_9p else "warn",
               detail="supported by the kernel" if k.supports_9p else "this kernel has no 9p: QEMU refuses volumes",
-              hint=None if k.supports_9p else "make kernel (the minimal kernel has 9p built in)"),
+              hint=None if k.supports_9p else "make setup (builds the minimal kernel: 9p built in)",
+              setup=not k.supports_9p),
     ], text  # fmt: skip
 
 
@@ -240,7 +256,7 @@ def agent_check() -> Check:
 
     agent = paths.agent_path()
     if not agent.is_file():
-        return Check(name="agent", level="fail", detail=f"missing: {agent}",
+        return Check(name="agent", level="fail", detail=f"missing: {agent}", setup=True,
                      hint="build it with `make agent` (or `make setup`), or set MSB_AGENT")  # fmt: skip
     words = (_version([str(agent), "--version"]) or "").split()
     version = words[1] if len(words) > 1 and words[0] == "msb-agent" else "unknown"
@@ -249,7 +265,7 @@ def agent_check() -> Check:
         return Check(name="agent", level="ok", detail=f"{agent} (version {version}; MSB_AGENT: used as it is)")
     if expected is not None and version != expected:
         return Check(name="agent", level="warn", detail=f"{agent} is version {version}, its sources {expected}",
-                     hint="rebuild it with `make agent`; sandboxes refuse a stale agent")  # fmt: skip
+                     hint="rebuild it with `make agent`; sandboxes refuse a stale agent", setup=True)  # fmt: skip
     return Check(name="agent", level="ok", detail=f"{agent} (version {version})")
 
 
@@ -268,6 +284,47 @@ def templates_check(cache_dir: Path) -> Check:
     return Check(name="templates", level="ok",
                  detail=f"on: {len(kept)} cached in {root} ({size / 2**20:.0f} MiB on disk); "
                  "QEMU sandboxes restore from them (docs/instant.md)")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- next step
+
+
+def checkout_root() -> Path | None:
+    """The repository msb runs from, if it is a checkout with ``make setup`` (not an installed wheel)."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "scripts" / "bootstrap.sh").is_file() and (root / "Makefile").is_file() else None
+
+
+def next_step(checks: list[Check], backends: list[BackendEntry], checkout: Path | None) -> str | None:
+    """The one thing a new user should do next, or None when nothing is missing.
+
+    In a checkout ``make setup`` fixes everything it builds and installs, so it comes first; a
+    missing system package alone gets its ``apt-get install`` (quicker, and works without a
+    checkout). With nothing to fix but no backend working, the backends' own hint.
+
+    Args:
+        checks: the host checks (their ``package`` and ``setup`` say what fixes them).
+        backends: every backend's verdict.
+        checkout: the repository root, if msb runs from a checkout.
+    Returns:
+        One sentence, or None.
+    """
+    broken = [c for c in checks if c.level != "ok"]
+    built = [c.name for c in broken if c.setup]
+    packages = sorted({c.package for c in broken if c.package})
+    if built and checkout is not None:
+        also = f" and installs {' '.join(packages)}" if packages else ""
+        return f"run `make setup` in {checkout}: it builds or fetches what is missing ({', '.join(built)}){also}"
+    if packages:
+        return f"as root: apt-get install {' '.join(packages)}" + (
+            f" (or `make setup` in {checkout})" if checkout is not None else "")  # fmt: skip
+    if built:
+        first = next(c for c in broken if c.setup)
+        return first.hint or f"{first.name}: {first.detail}"
+    if not any(b.usable for b in backends):
+        hints = [b.hint for b in sorted(backends, key=lambda b: b.name != "qemu") if b.hint]
+        return hints[0] if hints else "no backend works here: see why above"
+    return None
 
 
 # ---------------------------------------------------------------------------------- all
@@ -290,10 +347,12 @@ async def gather(cache_dir: Path | None = None) -> Report:
     else:
         isolation = select.isolation_of(name, default.accel)
     in_use = "none" if name is None else KERNEL_IN_USE.get(name, f"the guest kernel {kernel_text or '(missing)'}")
+    checks = [*tools, *kernel, agent, netfilter_check(), templates_check(cache_dir)]
     return Report(
-        backends=backends, checks=[*tools, *kernel, agent, netfilter_check(), templates_check(cache_dir)],
+        backends=backends, checks=checks,
         default=default, backend=name,
         accelerator=default.accel, kernel_in_use=in_use,
         agent=agent.detail if agent.level != "fail" else None, isolation=isolation, tcg=TCG_STATEMENT,
         recommendation=recommendation(default, backends),
+        next_step=next_step(checks, backends, checkout_root()),
     )  # fmt: skip
