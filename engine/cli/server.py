@@ -5,18 +5,65 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import click
 import httpx
 
 from engine.cli.common import backend_option, check_backend, echo_error, fail
 from engine.errors import ConfigError, MsbError
-from engine.server.settings import ServerSettings, parse_pools
+from engine.server.settings import Limits, ServerSettings, parse_pools
 
 
 @click.group()
 def server() -> None:
     """Run msb as a server: JSON-RPC at /api/v1/rpc, MCP at /mcp."""
+
+
+def tenant_options(f: Callable[..., None]) -> Callable[..., None]:
+    """What API clients may ask of this host (docs/security.md); each flag beats its MSB_* variable."""
+    opts = [
+        click.option("--allow-image-dir", "allow_image_dirs", multiple=True, type=click.Path(file_okay=False),
+                     help="A root filesystem directory API clients may boot as config.image; repeatable "
+                          "(env MSB_ALLOWED_IMAGE_DIRS). Other directories are refused."),
+        click.option("--allow-public-ports", is_flag=True, default=None,
+                     help="Let API clients publish ports off loopback and below 1024 (env MSB_ALLOW_PUBLIC_PORTS=1)."),
+        click.option("--max-sandboxes", type=click.IntRange(min=1), default=None,
+                     help="Running sandboxes on this server (default 16; env MSB_MAX_SANDBOXES)."),
+        click.option("--max-sandboxes-per-namespace", type=click.IntRange(min=1), default=None,
+                     help="Running sandboxes per namespace (default: --max-sandboxes)."),
+        click.option("--max-memory-mib", type=click.IntRange(min=64), default=None,
+                     help="Largest memory of one sandbox in MiB (default 4096; env MSB_MAX_MEMORY_MIB)."),
+        click.option("--max-cpus", type=click.IntRange(min=1), default=None,
+                     help="Most CPUs of one sandbox (default 4; env MSB_MAX_CPUS)."),
+        click.option("--allow-registry", "allow_registries", multiple=True, metavar="HOST[:PORT]",
+                     help="A registry API clients may pull from although it is on a loopback/private address; "
+                          "repeatable (env MSB_ALLOWED_REGISTRIES). Other such registries are refused."),
+        click.option("--tenant-registry-credentials", is_flag=True, default=None,
+                     help="Let pulls API clients ask for use this host's registry logins "
+                          "(env MSB_TENANT_REGISTRY_CREDENTIALS=1). Default: they pull anonymously."),
+    ]  # fmt: skip
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def apply_tenant_options(settings: ServerSettings, tenant: dict[str, Any]) -> None:
+    """Put the :func:`tenant_options` given on the command line into ``settings``."""
+    if tenant.get("allow_image_dirs"):
+        settings.allowed_image_dirs = [Path(d) for d in tenant["allow_image_dirs"]]
+    if tenant.get("allow_public_ports"):
+        settings.allow_public_ports = True
+    if tenant.get("allow_registries"):
+        settings.allowed_registries = list(tenant["allow_registries"])
+        settings.pull_policy()  # a malformed HOST[:PORT] fails here, before the server starts
+    if tenant.get("tenant_registry_credentials"):
+        settings.tenant_registry_credentials = True
+    limits = {k: v for k, v in tenant.items() if k in Limits.model_fields and v is not None}
+    if limits:
+        settings.limits = settings.limits.model_copy(update=limits)
 
 
 @server.command("start")
@@ -39,9 +86,10 @@ def server() -> None:
 @click.option("--allowed-origin", "allowed_origins", multiple=True, metavar="SCHEME://HOST[:PORT]",
               help="Web origin allowed to call from a browser; repeatable, '*' allows any; replaces "
                    "MSB_ALLOWED_ORIGINS.")  # fmt: skip
+@tenant_options
 def start(host: str | None, port: int | None, dev: bool | None, key: str | None, detach: bool,
           backend: str | None, pools: tuple[str, ...], pool_max_mib: float | None,
-          allowed_hosts: tuple[str, ...], allowed_origins: tuple[str, ...]) -> None:  # fmt: skip
+          allowed_hosts: tuple[str, ...], allowed_origins: tuple[str, ...], **tenant: Any) -> None:  # fmt: skip
     """Start the server (foreground unless --detach). It runs all its sandboxes on one
     backend, chosen here and logged with what isolates them."""
     from engine.server.main import read_pid, serve
@@ -51,6 +99,7 @@ def start(host: str | None, port: int | None, dev: bool | None, key: str | None,
                                            pools=parse_pools(pools) if pools else None,
                                            pool_max_mib=pool_max_mib, allowed_hosts=list(allowed_hosts) or None,
                                            allowed_origins=list(allowed_origins) or None)  # fmt: skip
+        apply_tenant_options(settings, tenant)
     except ConfigError as exc:
         sys.exit(fail(exc))
     running = read_pid(settings)

@@ -20,6 +20,7 @@ from engine.server.app import build_app
 from engine.server.auth import load_secret
 from engine.server.manager import SandboxManager
 from engine.server.settings import ServerSettings
+from engine.server.tenancy import TenantPolicy
 
 log = logging.getLogger("msb.server")
 
@@ -72,6 +73,12 @@ def secret_for(settings: ServerSettings) -> str | None:
     return load_secret(settings.storage, create=not settings.dev)
 
 
+def tenant_policy(settings: ServerSettings) -> TenantPolicy:
+    """What the operator allows API clients beyond the defaults (docs/security.md)."""
+    return TenantPolicy(allowed_image_dirs=tuple(settings.allowed_image_dirs),
+                        allow_public_ports=settings.allow_public_ports, pull=settings.pull_policy())  # fmt: skip
+
+
 def serve(settings: ServerSettings) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM; sandboxes are stopped on the way out.
 
@@ -95,7 +102,8 @@ def serve(settings: ServerSettings) -> None:
     # this is the probe's reason with a hint (the manager's engine then finds the verdicts cached).
     asyncio.run(Engine(backend=settings.backend).prepare())
     manager = SandboxManager(settings.storage, settings.limits, engine=Engine(backend=settings.backend),
-                             pools=settings.pools, pool_max_mib=settings.pool_max_mib)  # fmt: skip
+                             pools=settings.pools, pool_max_mib=settings.pool_max_mib,
+                             policy=tenant_policy(settings))  # fmt: skip
     failed: list[MsbError] = []
 
     async def startup() -> None:

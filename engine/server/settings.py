@@ -34,6 +34,24 @@ class Limits(BaseModel):
     max_output_bytes_total: int = Field(default=256 << 20, ge=1 << 20)
     """Bytes of command output the server buffers at once, across all commands; a command that
     finds it spent gets its output cut with a note."""
+    # --- tenant quotas (docs/security.md): each refuses with a JSON-RPC error, -32030 ---
+    max_sandboxes_per_namespace: int | None = Field(default=None, ge=1)
+    """Running sandboxes per namespace (one API key's namespace); default: ``max_sandboxes``."""
+    max_memory_mib: int = Field(default=4096, ge=64)
+    """Largest ``config.memory`` of one sandbox, MiB."""
+    max_cpus: int = Field(default=4, ge=1)
+    """Largest ``config.cpus`` of one sandbox."""
+    max_namespace_memory_mib: int = Field(default=16384, ge=64)
+    """Memory of all running sandboxes of one namespace together, MiB."""
+    max_disk_mib: int = Field(default=4096, ge=64)
+    """Persistent writable layer of one sandbox, MiB (QEMU: the layer's size; directory
+    layers: checked at every start)."""
+    max_volume_mib: int = Field(default=16384, ge=1)
+    """A namespace's volume area, MiB (checked at every start that mounts a volume)."""
+    max_execs_per_namespace: int = Field(default=256, ge=1)
+    """Commands and REPL runs at once across one namespace's sandboxes."""
+    max_file_bytes: int = Field(default=64 << 20, ge=1024)
+    """Largest file read or written through the API (``sandbox_file_read``/``_write``), bytes."""
 
 
 class PoolSetting(BaseModel):
@@ -86,6 +104,12 @@ class ServerSettings(BaseModel):
     pool_max_mib: float | None = Field(default=None, gt=0)
     """Bound of all pool members' memory in MiB (default: a quarter of the host's available
     memory at start)."""
+    allowed_image_dirs: list[Path] = Field(default_factory=list)
+    """Host directories API clients may name as ``config.image`` (``--allow-image-dir``,
+    ``MSB_ALLOWED_IMAGE_DIRS``); any other directory path is refused."""
+    allow_public_ports: bool = False
+    """Let API clients publish ports on non-loopback addresses and below 1024
+    (``--allow-public-ports``, ``MSB_ALLOW_PUBLIC_PORTS=1``)."""
     allowed_hosts: list[str] = Field(default_factory=list)
     """``Host`` names accepted besides loopback and the bind address (``--allowed-host``,
     ``MSB_ALLOWED_HOSTS``; ``*`` = any): DNS-rebinding protection (engine/server/web_guard.py)."""
@@ -120,12 +144,17 @@ class ServerSettings(BaseModel):
         if os.environ.get("MSB_STORAGE_PATH"):
             env["storage"] = Path(os.environ["MSB_STORAGE_PATH"])
         limits = {}
-        for field, var in (("max_body_bytes", "MSB_MAX_BODY_BYTES"), ("max_sandboxes", "MSB_MAX_SANDBOXES"),
-                           ("max_execs_per_sandbox", "MSB_MAX_EXECS_PER_SANDBOX")):  # fmt: skip
+        for field in Limits.model_fields:
+            var = f"MSB_{field.upper()}"
             if os.environ.get(var):
-                limits[field] = int(os.environ[var])
+                limits[field] = _whole(var, os.environ[var])
         if limits:
             env["limits"] = Limits(**limits)
+        if os.environ.get("MSB_ALLOWED_IMAGE_DIRS", "").strip():
+            env["allowed_image_dirs"] = [Path(d.strip()) for d in os.environ["MSB_ALLOWED_IMAGE_DIRS"].split(",")
+                                         if d.strip()]  # fmt: skip
+        if os.environ.get("MSB_ALLOW_PUBLIC_PORTS", "").strip() not in ("", "0"):
+            env["allow_public_ports"] = True
         if os.environ.get("MSB_POOL", "").strip():
             env["pools"] = parse_pools(i for i in os.environ["MSB_POOL"].split(",") if i.strip())
         if os.environ.get("MSB_POOL_MAX_MIB", "").strip():
@@ -170,6 +199,13 @@ class ServerSettings(BaseModel):
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+
+def _whole(var: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{var}={text!r} is not a whole number", hint=f"e.g. {var}=8") from None
 
 
 def _positive(var: str, text: str) -> float:
