@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -87,6 +88,15 @@ class ServerProc:
     def mcp_tool(self, tool: str, arguments: dict[str, Any], key: str) -> dict[str, Any]:
         """One MCP ``tools/call`` (stateless JSON); the decoded body with ``_status`` added."""
         body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
+        r = httpx.post(f"{self.url}/mcp", json=body, timeout=RPC_TIMEOUT_S,
+                       headers={"Authorization": f"Bearer {key}", **MCP_HEADERS})  # fmt: skip
+        doc: dict[str, Any] = r.json() if r.content else {}
+        doc["_status"] = r.status_code
+        return doc
+
+    def mcp_seed(self, params: dict[str, Any], key: str) -> dict[str, Any]:
+        """One seed-style MCP ``tools/call`` (``tool_name``, no ``name``); body with ``_status``."""
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
         r = httpx.post(f"{self.url}/mcp", json=body, timeout=RPC_TIMEOUT_S,
                        headers={"Authorization": f"Bearer {key}", **MCP_HEADERS})  # fmt: skip
         doc: dict[str, Any] = r.json() if r.content else {}
@@ -201,3 +211,22 @@ def sh(srv: ServerProc, key: str, ns: str, name: str, script: str) -> dict[str, 
     doc = srv.rpc("sandbox.command.run", params, key)
     assert "result" in doc, f"command.run failed: {doc}\n{srv.log_tail()}"
     return dict(doc["result"])
+
+
+def loose_dirs(state: Path) -> list[str]:
+    """Directories under ``state`` (not under ``volumes/``) that other host users may enter
+    (any group/other bit), as ``"0o755 /path"``. A sandbox's own directory (the one holding its
+    layer, ``upper`` or ``upper.ext4``) is checked but not descended: below it are the guest's
+    files with the guest's modes."""
+    loose = []
+    for dirpath, dirnames, _ in os.walk(state):
+        here = Path(dirpath)
+        if here == state / "volumes":
+            dirnames.clear()
+            continue
+        mode = stat.S_IMODE(os.lstat(here).st_mode)
+        if mode & 0o077:
+            loose.append(f"{oct(mode)} {here}")
+        if {"upper", "upper.ext4"} & set(os.listdir(here)):
+            dirnames.clear()
+    return loose

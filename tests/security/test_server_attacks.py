@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.security.server_proc import ServerProc, is_error, running, sh, uniq
+from tests.security.server_proc import ServerProc, is_error, loose_dirs, running, sh, uniq
 from tests.security.server_proc import sandbox_start as start
 from tests.security.server_proc import sandbox_stop as stop
 
@@ -52,6 +52,18 @@ def test_host_directory_as_image_is_refused(srv: ServerProc, t1: str, image: str
         stop(srv, t1, "t1", name)
         pytest.fail(f"image {image!r} booted; the guest read: {leak}")
     assert name not in running(srv, t1, "t1")
+
+
+def test_host_directory_as_image_is_refused_over_mcp(srv: ServerProc, t1: str) -> None:
+    """Attack: the same through MCP's ``sandbox_start`` tool (the other front door)."""
+    name = uniq("mcpimg")
+    config = {"image": "/", "ephemeral": True}
+    doc = srv.mcp_tool("sandbox_start", {"namespace": "t1", "sandbox": name, "config": config}, t1)
+    refused = doc["_status"] >= 400 or "error" in doc or doc["result"].get("isError") is True
+    if not refused:
+        leak = peek(srv, t1, name, "head -3 /etc/shadow")
+        stop(srv, t1, "t1", name)
+        pytest.fail(f"image '/' booted through MCP; the guest read: {leak}")
 
 
 def test_directory_beside_an_allowed_one_is_refused(srv: ServerProc, t1: str, allowed_rootfs: Path) -> None:
@@ -240,17 +252,7 @@ def test_server_state_is_private(srv: ServerProc, t1: str, busybox: str) -> None
     assert "result" in start(srv, t1, "t1", name, image=busybox)
     sh(srv, t1, "t1", name, "echo x > /root/marker")
     stop(srv, t1, "t1", name)
-    loose = []
-    for dirpath, dirnames, _ in os.walk(srv.state):
-        here = Path(dirpath)
-        if here == srv.state / "volumes":
-            dirnames.clear()
-            continue
-        mode = stat.S_IMODE(os.lstat(here).st_mode)
-        if mode & 0o077:
-            loose.append(f"{oct(mode)} {here}")
-        if {"upper", "upper.ext4"} & set(dirnames + os.listdir(here)):
-            dirnames.clear()  # a sandbox's own directory: below it are the guest's files
+    loose = loose_dirs(srv.state)
     assert loose == [], "server directories open to other users:\n" + "\n".join(loose)
     assert stat.S_IMODE(os.stat(srv.state / "server.key").st_mode) == 0o600
 
@@ -259,8 +261,9 @@ def test_server_state_is_private(srv: ServerProc, t1: str, busybox: str) -> None
 
 
 def test_t1_key_cannot_touch_t2(srv: ServerProc, t1: str, t2: str, busybox: str) -> None:
-    """Attack: a key for t1 calls every method with ``namespace: t2`` (a t2 sandbox runs),
-    and metrics with ``namespace: "*"``; each is HTTP 403 and the t2 sandbox is untouched."""
+    """Attack: a key for t1 calls every JSON-RPC method, every MCP tool and the seed-style MCP
+    call with ``namespace: t2`` (a t2 sandbox runs), and metrics/list with ``namespace: "*"``;
+    each is refused (HTTP 403, or an MCP ``isError`` result) and the t2 sandbox is untouched."""
     theirs = uniq("t2box")
     assert "result" in start(srv, t2, "t2", theirs, image=busybox, ephemeral=True)
     try:
@@ -277,6 +280,20 @@ def test_t1_key_cannot_touch_t2(srv: ServerProc, t1: str, t2: str, busybox: str)
             assert doc["_status"] == 403, f"{method} in t2 with a t1 key: {doc}"
         everywhere = srv.rpc("sandbox.metrics.get", {"namespace": "*"}, t1)
         assert everywhere["_status"] == 403, f"metrics of '*' with a t1 key: {everywhere}"
+        tools: list[tuple[str, dict[str, Any]]] = [
+            ("sandbox_run_command", {"sandbox": theirs, "command": "touch", "args": ["/owned"]}),
+            ("sandbox_file_write", {"sandbox": theirs, "path": "/owned", "content": "x"}),
+            ("sandbox_file_read", {"sandbox": theirs, "path": "/etc/hostname"}),
+            ("sandbox_get_metrics", {"sandbox": theirs}),
+            ("sandbox_stop", {"sandbox": theirs}),
+        ]
+        for tool, args in tools:
+            got = srv.mcp_tool(tool, {"namespace": "t2", **args}, t1)
+            refused = got["_status"] == 403 or got.get("result", {}).get("isError") is True
+            assert refused, f"MCP {tool} in t2 with a t1 key: {got}"
+        seed = srv.mcp_seed({"tool_name": "sandbox.command.run", "sandbox_name": theirs, "namespace": "t2",
+                             "command": "touch /owned"}, t1)  # fmt: skip
+        assert seed["_status"] == 403, f"a seed-style MCP call in t2 with a t1 key: {seed}"
         for ns in ("t2", "*"):
             listed = srv.mcp_tool("sandbox_list", {"namespace": ns}, t1)
             refused = listed["_status"] == 403 or listed.get("result", {}).get("isError") is True

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.security import server_proc
-from tests.security.server_proc import ServerProc, sh
+from tests.security.server_proc import ServerProc, loose_dirs, sandbox_start, sh, uniq
 from tests.security.server_proc import sandbox_stop as stop
 
 pytestmark = pytest.mark.vm
@@ -73,3 +73,22 @@ def test_symlinked_layer_is_refused_not_followed(migrated: tuple[ServerProc, Pat
     assert sorted(os.listdir(target)) == [], "the host directory was written through the planted layer link"
     said = [r for r in srv.log_records() if r.get("level") in ("warning", "error") and "evil" in str(r)]
     assert said, f"the refused layer was not logged:\n{srv.log_tail()}"
+
+
+def test_migrated_state_is_out_of_reach(migrated: tuple[ServerProc, Path]) -> None:
+    """Attack: after the upgrade, mount the migrated namespace's data area (``.:/ns``) and look
+    for what the old namespace directory held (``Sandboxfile``, ``.menv``, ``keeper``'s layer):
+    a migration that renamed the old directory into the data area would hand it all to the
+    guest. And every server directory left or made by the migration is 0700."""
+    srv, _ = migrated
+    key, name = srv.keygen(NS), uniq("look")
+    doc = sandbox_start(srv, key, NS, name, image="busybox", ephemeral=True, volumes=[".:/ns"])
+    assert "result" in doc, f"{doc}\n{srv.log_tail()}"
+    try:
+        seen = sh(srv, key, NS, name, "ls -la /ns; find /ns | head -100")["stdout"]
+    finally:
+        stop(srv, key, NS, name)
+    for secret in ("Sandboxfile", ".menv", "keep.txt", "upper", "evil"):
+        assert secret not in seen, f"the migrated data area shows {secret!r}:\n{seen}"
+    loose = loose_dirs(srv.state)
+    assert loose == [], "server directories open to other users after the migration:\n" + "\n".join(loose)
