@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -160,8 +159,8 @@ def build_app(
 def _only_post(app: ASGIApp) -> ASGIApp:
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] != "POST":
-            await Response(json.dumps({"error": "use POST"}), status_code=405, headers={"Allow": "POST"},
-                           media_type="application/json")(scope, receive, send)  # fmt: skip
+            wrong = rpc.error_body(None, rpc.INVALID_REQUEST, "Method not allowed: POST JSON-RPC here")
+            await JSONResponse(wrong, status_code=405, headers={"Allow": "POST"})(scope, receive, send)
             return
         await app(scope, receive, send)
 

@@ -119,7 +119,7 @@ class _SeedCall(BaseModel):
             return None
         try:
             doc = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # the SDK answers it: a parse error
             return None
         params = doc.get("params") if isinstance(doc, dict) and doc.get("method") == "tools/call" else None
         return doc if isinstance(params, dict) and "tool_name" in params and "name" not in params else None

@@ -136,7 +136,7 @@ async def handle(body: bytes, service: SandboxService, claims: Claims | None) ->
     """Answer one HTTP request body. Returns ``(http status, JSON body or None)``."""
     try:
         doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, an int past 4300 digits, nesting past the stack
         return 200, error_body(None, PARSE_ERROR, f"Parse error: {exc}")
     if isinstance(doc, list):
         return 200, error_body(None, INVALID_REQUEST, "Invalid Request: batches are not supported")
