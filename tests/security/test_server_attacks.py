@@ -302,3 +302,24 @@ def test_t1_key_cannot_touch_t2(srv: ServerProc, t1: str, t2: str, busybox: str)
         assert theirs in running(srv, t2, "t2")
     finally:
         stop(srv, t2, "t2", theirs)
+
+
+def test_same_name_in_two_namespaces_shares_nothing(srv: ServerProc, t1: str, t2: str, busybox: str) -> None:
+    """Attack: t1 names its persistent sandbox like t2's (``same-…``) hoping to get t2's
+    persistent files, or to have its own files land in t2's sandbox."""
+    name = uniq("same")
+    assert "result" in start(srv, t2, "t2", name, image=busybox)
+    sh(srv, t2, "t2", name, "echo t2-secret > /root/secret")
+    stop(srv, t2, "t2", name)
+    assert "result" in start(srv, t1, "t1", name, image=busybox)
+    try:
+        got = sh(srv, t1, "t1", name, "cat /root/secret 2>&1; echo t1 > /root/mine")["stdout"]
+    finally:
+        stop(srv, t1, "t1", name)
+    assert "t2-secret" not in got, f"t1's sandbox {name} sees t2's persistent file"
+    assert "result" in start(srv, t2, "t2", name)
+    try:
+        got = sh(srv, t2, "t2", name, "cat /root/secret; ls /root")["stdout"]
+    finally:
+        stop(srv, t2, "t2", name)
+    assert got.startswith("t2-secret\n") and "mine" not in got, f"t2's sandbox {name} changed: {got!r}"

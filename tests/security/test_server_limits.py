@@ -66,6 +66,19 @@ def test_loopback_port_works(srv: ServerProc, t1: str, busybox: str) -> None:
     stop(srv, t1, "t1", name)
 
 
+def test_port_of_another_tenant_or_the_server_is_refused(srv: ServerProc, t1: str, t2: str, busybox: str) -> None:
+    """Attack: publish on the host port another tenant's sandbox already publishes, or on the
+    server's own API port, to receive their connections."""
+    theirs, name, port = uniq("held"), uniq("hijack"), free_port()
+    assert "result" in start(srv, t2, "t2", theirs, image=busybox, ephemeral=True, ports=[f"{port}:8000"])
+    try:
+        for taken in (port, int(srv.url.rsplit(":", 1)[1])):
+            doc = start(srv, t1, "t1", name, image=busybox, ephemeral=True, ports=[f"{taken}:8000"])
+            _refused(srv, t1, "t1", name, doc, f"host port {taken}, already taken")
+    finally:
+        stop(srv, t2, "t2", theirs)
+
+
 # --- 6. memory, cpus, file size -----------------------------------------------------------------
 
 
@@ -143,3 +156,33 @@ def test_namespace_quota(quota_srv: ServerProc, busybox: str) -> None:
         stop(quota_srv, t2, "t2", other)
     finally:
         stop(quota_srv, t1, "t1", first)
+
+
+async def test_concurrent_starts_in_one_namespace(quota_srv: ServerProc, busybox: str) -> None:
+    """Attack: five ``sandbox.start`` calls at once in one namespace whose quota is 1."""
+    key = quota_srv.keygen("t1")
+    starts = [("t1", uniq("burst")) for _ in range(5)]
+    answers = await _start_many(quota_srv, key, starts, busybox)
+    started = [s for s, a in zip(starts, answers, strict=True) if "result" in a]
+    try:
+        assert len(started) == 1, f"{len(started)} of 5 started in a namespace limited to 1: {answers}"
+    finally:
+        for ns, name in started:
+            stop(quota_srv, key, ns, name)
+
+
+def test_refused_starts_do_not_keep_a_slot(quota_srv: ServerProc, busybox: str) -> None:
+    """Attack: fill the quota with starts that fail (a missing volume, too much memory, a port
+    off loopback, a directory image): a reservation that is not given back on the error path
+    locks the namespace, and then the server, out."""
+    key = quota_srv.keygen("t1")
+    bad: list[dict[str, Any]] = [{"volumes": ["missing:/m"]}, {"memory": 1 << 19}, {"ports": ["0.0.0.0:18080:80"]},
+                                 {"image": "/"}, {"volumes": ["missing:/m"]}]  # fmt: skip
+    for config in bad:
+        name = uniq("fail")
+        doc = start(quota_srv, key, "t1", name, **{"image": busybox, "ephemeral": True, "memory": 128, **config})
+        _refused(quota_srv, key, "t1", name, doc, str(config))
+    name = uniq("after")
+    doc = start(quota_srv, key, "t1", name, image=busybox, ephemeral=True, memory=128)
+    assert "result" in doc, f"after {len(bad)} refused starts the namespace is full: {doc}"
+    stop(quota_srv, key, "t1", name)
