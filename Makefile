@@ -1,4 +1,5 @@
-# msb — make targets. `make run` and `make test` set everything up on first use.
+# msb — make targets. `make run` and `make test` set everything up on first use (`make setup`:
+# scripts/bootstrap.sh installs the packages and builds the agent, kernels and test root filesystems).
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
@@ -11,7 +12,8 @@ help:
 	@echo "make run      set up if needed, then start msb-tui"
 	@echo "make test     set up if needed, then lint, type-check and run the whole suite (real VMs)"
 	@echo "make bench    run the benchmarks; writes bench/results/*.json and docs/benchmarks.md"
-	@echo "make kernel   build the minimal guest kernel from Debian's linux-source (~5 min)"
+	@echo "make setup    install and build everything msb and its tests need (first time ~8 min, then seconds)"
+	@echo "make kernel   build the minimal guest kernel from Debian's linux-source (make setup does it; ~5 min once)"
 	@echo "make agent    rebuild the guest agent"
 	@echo "make netfilter rebuild the host network filter of 'public' sandboxes"
 

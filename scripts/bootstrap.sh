@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh Debian/Ubuntu host: system packages, .venv, the guest agent,
 # the guest kernel and the test root filesystems. Quick when everything is already there.
-# Used by `make setup` (and so by `make run`, `make test`, .ci/run).
+# Used by `make setup` (and so by `make run`, `make test`, .ci/run). Every program the code runs
+# is installed here or comes with Debian: tests/unit/test_bootstrap.py checks it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -28,6 +29,7 @@ declare -A NEED=(
   [nsenter]=util-linux
   [ip]=iproute2
   [depmod]=kmod                       # the guest kernel's module dependencies (initramfs)
+  [pgrep]=procps                      # tests: no process left behind
 )
 missing=()
 for bin in "${!NEED[@]}"; do
@@ -70,14 +72,23 @@ make -s -C engine/vm/netfilter OUT="$CACHE/netfilter"
 
 # --- 3b. gVisor's runsc (Debian's package from sid, checked by apt, unpacked into the cache) --
 if ! command -v runsc >/dev/null 2>&1 && [[ -z "${MSB_RUNSC:-}" ]]; then
+  [[ -x "$CACHE/bin/runsc" ]] || say "fetching gVisor's runsc (Debian's package, checked by apt; ~5 s)"
   .venv/bin/python -m engine.vm.runsc --ensure >/dev/null
 fi
 
 # --- 4. guest kernel (Debian's cloud kernel, verified by apt) ---------------------------
 if [[ -z "${MSB_KERNEL:-}" ]]; then
+  compgen -G "$CACHE/kernel/debian-*/vmlinux" >/dev/null || say "fetching Debian's cloud kernel (~20 s)"
   .venv/bin/python -m engine.vm.kernel --ensure >/dev/null
+fi
+
+# --- 4b. the minimal guest kernel (built from Debian's linux-source, cached) -------------
+# The suite tests it, and QEMU's volumes need it: Debian's cloud kernel has no 9p.
+if ! bash scripts/build-kernel.sh --check; then
+  say "building the minimal guest kernel (first time only: about 5 minutes on 2 cores; cached in $CACHE/kernel)"
+  bash scripts/build-kernel.sh >/dev/null
 fi
 
 # --- 5. root filesystems for tests and demos ---------------------------------------------
 bash scripts/build-test-rootfs.sh >/dev/null
-say "ready ($ROOT)"
+say "ready ($ROOT, ${SECONDS} s)"

@@ -2,6 +2,7 @@
 # Build the msb minimal guest kernel (everything built in, no modules).
 #
 #   scripts/build-kernel.sh [--force] [--clean]
+#   scripts/build-kernel.sh --check    exit 0 if built and up to date, else 1 (does nothing)
 #
 # Source:  Debian's /usr/src/linux-source-*.tar.xz (package linux-source; the
 #          newest tarball wins).
@@ -22,16 +23,18 @@
 # incrementally; --clean removes it after a successful build.
 #
 # Idempotent: if the stamp matches, it prints the path and exits at once.
-# `make kernel` calls this script.
+# `make setup` (scripts/bootstrap.sh) and `make kernel` call this script.
 set -euo pipefail
 
 FORCE=0
 CLEAN=0
+CHECK=0
 for arg in "$@"; do
     case "$arg" in
         --force) FORCE=1 ;;
         --clean) CLEAN=1 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        --check) CHECK=1 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "build-kernel.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -50,10 +53,13 @@ die() { printf 'build-kernel: error: %s\n' "$*" >&2; exit 1; }
 
 [[ -f "$FRAGMENT" ]] || die "missing $FRAGMENT"
 
-# one build at a time per cache (two makes in one tree would corrupt it)
-mkdir -p "$CACHE/kernel"
-exec 9>"$CACHE/kernel/.build.lock"
-flock 9
+# one build at a time per cache (two makes in one tree would corrupt it); --check only reads
+# the installed stamp, which is replaced atomically, so it does not wait for a build
+if [[ $CHECK -eq 0 ]]; then
+    mkdir -p "$CACHE/kernel"
+    exec 9>"$CACHE/kernel/.build.lock"
+    flock 9
+fi
 
 # --- build dependencies --------------------------------------------------------
 need_pkgs=()
@@ -65,7 +71,9 @@ for pair in /usr/include/libelf.h:libelf-dev /usr/include/openssl/ssl.h:libssl-d
     [[ -e "${pair%%:*}" ]] || need_pkgs+=("${pair#*:}")
 done
 compgen -G '/usr/src/linux-source-*.tar.xz' >/dev/null || need_pkgs+=(linux-source)
-if ((${#need_pkgs[@]})); then
+if ((${#need_pkgs[@]})) && [[ $CHECK -eq 1 ]]; then
+    exit 1
+elif ((${#need_pkgs[@]})); then
     mapfile -t need_pkgs < <(printf '%s\n' "${need_pkgs[@]}" | sort -u)
     log "installing build dependencies: ${need_pkgs[*]}"
     if [[ $(id -u) -eq 0 ]]; then SUDO=(); else SUDO=(sudo); fi
@@ -84,10 +92,12 @@ SRCPKG_VER="$(dpkg-query -W -f='${Version}' "$SRCNAME" 2>/dev/null || stat -c %Y
 PATCH_HASH="$( { echo "${PATCHES[@]##*/}"; cat /dev/null "${PATCHES[@]}"; } | sha256sum | cut -c1-16)"
 STAMP="$( { cat "$FRAGMENT"; echo "$SRCNAME $SRCPKG_VER $PATCH_HASH"; cat "$0"; } | sha256sum | cut -d' ' -f1)"
 if [[ $FORCE -eq 0 && -f "$OUT/bzImage" && -f "$OUT/vmlinux" && -f "$OUT/stamp" && "$(cat "$OUT/stamp")" == "$STAMP" ]]; then
+    [[ $CHECK -eq 0 ]] || exit 0
     log "up to date: $OUT/bzImage ($(cat "$OUT/version"))"
     echo "$OUT/bzImage"
     exit 0
 fi
+[[ $CHECK -eq 0 ]] || exit 1
 
 # --- source tree -------------------------------------------------------------------
 mkdir -p "$BUILD"
@@ -140,10 +150,18 @@ done <"$FRAGMENT"
 [[ $bad -eq 0 ]] || die "kernel/msb-minimal.config does not apply cleanly (see above)"
 
 # --- build -------------------------------------------------------------------------
-log "building vmlinux + bzImage with -j$JOBS (about 5 minutes on 2 cores)"
+log "building vmlinux + bzImage with -j$JOBS (about 5 minutes on 2 cores, longer on a busy machine)"
 start=$(date +%s)
+# a line every 30 s while make runs in the foreground (Ctrl-C stops it): a silent
+# five-minute wait looks like a hang
+( while sleep 30; do
+      log "still building: $(( $(date +%s) - start )) s, $(grep -c '^  CC ' "$OBJ/build.log") of ~1160 files compiled"
+  done ) &
+TICKER=$!
+trap 'kill "$TICKER" 2>/dev/null || true' EXIT
 "${KMAKE[@]}" vmlinux bzImage >"$OBJ/build.log" 2>&1 \
     || { tail -n 40 "$OBJ/build.log" >&2; die "kernel build failed (full log: $OBJ/build.log)"; }
+kill "$TICKER" 2>/dev/null || true
 RELEASE="$("${KMAKE[@]}" -s kernelrelease)"
 log "built $RELEASE in $(( $(date +%s) - start )) s"
 
