@@ -145,10 +145,26 @@ def migrate_legacy(state: ServerState) -> list[str]:
         refused += _migrate_namespace(state, ns_dir)
     done = state.storage / f"{LEGACY_DIR}.migrated-{time.strftime('%Y%m%dT%H%M%S')}"
     os.rename(legacy, done)
+    _seal(done)
     for why in refused:
         log.warning("migration: refused %s", why)
     log.info("migrated the old state layout; what is left of it is in %s", done)
     return refused
+
+
+def _seal(tree: Path) -> None:
+    """Make what is left of the old layout private (0700 directories, no group/other bits on
+    files) and drop its symlinks (refused layers), so nothing later follows them. Walks
+    without following links."""
+    for dirpath, dirnames, filenames in os.walk(tree):
+        os.chmod(dirpath, 0o700)
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                os.unlink(path)
+            elif not stat.S_ISDIR(st.st_mode):
+                os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
 
 
 def _migrate_namespace(state: ServerState, ns_dir: Path) -> list[str]:

@@ -79,16 +79,17 @@ class Limits:
     memory_bytes: int
     pids: int
     cpus: int | None = None
-    """A CPU quota of this many CPUs (gVisor's OCI quota, which runsc no longer applies itself)."""
+    """A CPU quota of this many CPUs (gVisor's OCI quota)."""
 
 
 def vmm_limits(memory_mib: int, *, backend: str, tcg: bool = False, cpus: int | None = None) -> Limits:
     """The limits for a sandbox with ``memory_mib`` of guest memory on ``backend``.
 
-    The overhead is the VMM's own: QEMU's TCG translation cache (up to 1 GiB), gVisor's Sentry
-    and gofer (whose page cache of volume files is charged here too), libkrun's VMM.
+    The overhead is the VMM's own: QEMU's TCG translation cache (up to 1 GiB), libkrun's VMM.
+    gVisor gets none: its Sentry sizes the guest's memory (MemTotal) by this very limit, so the
+    guest's memory is exactly what the sandbox asked for, Sentry included, as runsc does itself.
     """
-    overhead = 256 + memory_mib // 4 + (1024 if tcg else 0) + (256 if backend == "gvisor" else 0)
+    overhead = 0 if backend == "gvisor" else 256 + memory_mib // 4 + (1024 if tcg else 0)
     pids = 8192 if backend == "gvisor" else 1024  # gVisor: a host stub process per guest address space
     return Limits(memory_bytes=(memory_mib + overhead) << 20, pids=pids, cpus=cpus)
 
@@ -221,6 +222,18 @@ class SandboxCgroup:
             controller = d.relative_to(CGROUP_ROOT).parts[0]
             if _V1_LIMITS[controller]:
                 (d / _V1_LIMITS[controller]).write_text(values[controller])
+
+    def oci_path(self) -> str:
+        """The cgroup as an OCI ``linux.cgroupsPath`` (relative to the hierarchy's root; for v1,
+        the memory controller's path, the one whose limit matters), so an OCI runtime that
+        configures cgroups itself (runsc) does so in this one."""
+        for d in self.dirs:
+            parts = d.relative_to(CGROUP_ROOT).parts
+            if self.version == "v2":
+                return "/" + "/".join(parts)
+            if parts[0] == "memory":
+                return "/" + "/".join(parts[1:])
+        return "/" + "/".join(self.dirs[0].relative_to(CGROUP_ROOT).parts[1:])
 
     def enter(self) -> None:
         """Move the calling process into the cgroup (run in a child before exec: everything it

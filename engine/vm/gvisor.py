@@ -112,7 +112,7 @@ def container_id(spec: VmSpec) -> str:
 
 def oci_config(
     spec: VmSpec, *, root: Path, agent: Path, etc_files: dict[str, Path], netns: Path | None,
-    volume_sources: list[Path] | None = None,
+    volume_sources: list[Path] | None = None, cgroup_path: str | None = None,
 ) -> dict[str, Any]:
     """The OCI runtime config of a sandbox (pure).
 
@@ -124,6 +124,9 @@ def oci_config(
         netns: the network namespace to join, or None for a new, empty one.
         volume_sources: the host path runsc gets for each volume (default: the volume's own
             directory; read-only volumes get a read-only bind of it, see :meth:`GvisorBackend.launch`).
+        cgroup_path: the sandbox's cgroup (:meth:`engine.vm.confine.SandboxCgroup.oci_path`): runsc
+            puts the Sentry and gofer there and applies the resources, whose memory limit is also
+            what the guest sees as MemTotal.
     """
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -143,6 +146,7 @@ def oci_config(
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     namespaces.append({"type": "network", "path": str(netns)} if netns else {"type": "network"})
     caps = list(CAPS)
+    cgroup = {"cgroupsPath": cgroup_path} if cgroup_path else {}
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -159,6 +163,7 @@ def oci_config(
         "hostname": spec.name,
         "mounts": mounts,
         "linux": {
+            **cgroup,
             "namespaces": namespaces,
             "resources": {
                 "memory": {"limit": spec.memory_mib << 20},
@@ -170,15 +175,14 @@ def oci_config(
 
 
 def runsc_argv(
-    runsc: str, spec: VmSpec, state: Path, net_flags: list[str], bundle: Path, *, own_cgroup: bool = False
+    runsc: str, spec: VmSpec, state: Path, net_flags: list[str], bundle: Path
 ) -> list[str]:
-    """The ``runsc run`` command line (pure). ``own_cgroup``: msb has put runsc in the sandbox's
-    cgroup (:mod:`engine.vm.confine`), so runsc must not move its processes to one of its own."""
+    """The ``runsc run`` command line (pure). runsc configures cgroups itself, in the sandbox's
+    own cgroup (``linux.cgroupsPath`` of :func:`oci_config`)."""
     overlay_flag = "--overlay2=none" if spec.upper_image is not None else "--overlay2=root:memory"
     debug = [f"--debug-log={spec.run_dir}/runsc-debug/"] if os.environ.get("MSB_RUNSC_DEBUG") else []
     return [
         runsc, f"--root={state}", *debug, *net_flags, overlay_flag, "--host-uds=none",
-        *(["--ignore-cgroups"] if own_cgroup else []),
         "run", f"--bundle={bundle}", container_id(spec),
     ]  # fmt: skip
 
@@ -223,7 +227,7 @@ class GvisorVm:
         self._console = console
         self._net = net
         self._tasks: list[asyncio.Task[None]] = []
-        self._cleaned = False
+        self._cleanup_task: asyncio.Future[None] | None = None
         self.cgroup: confine.SandboxCgroup | None = None
 
     @property
@@ -300,9 +304,14 @@ class GvisorVm:
             return await proc.wait()
 
     async def _cleanup(self) -> None:
-        if self._cleaned:
-            return
-        self._cleaned = True
+        """Tear down once. A waiter that is cancelled (``wait_exited`` raced against READY) must
+        not cut the teardown short: it runs as its own task, shielded, and every caller
+        (``kill`` too) awaits that same task, so unmounts and the cgroup removal always finish."""
+        if self._cleanup_task is None:
+            self._cleanup_task = asyncio.ensure_future(self._teardown())
+        await asyncio.shield(self._cleanup_task)
+
+    async def _teardown(self) -> None:
         for task in self._tasks:
             task.cancel()
         if self.state.exists():
@@ -382,12 +391,13 @@ class GvisorBackend:
             sources = await asyncio.to_thread(bind_volumes, spec.volumes, targets)
             vm.mounts += sources
             config = oci_config(spec, root=root, agent=agent, etc_files=net.etc_files, netns=net.netns_path,
-                                volume_sources=sources)  # fmt: skip
+                                volume_sources=sources, cgroup_path=cgroup.oci_path() if cgroup else None)  # fmt: skip
             (bundle / "config.json").write_text(json.dumps(config, indent=1))
             # runsc_prefix: for scopes with a network, runsc runs in a private mount namespace
             # (engine/vm/gvisor_net.py says why); empty for `none`
-            argv = [*net.runsc_prefix, *runsc_argv(self.runsc, spec, state, net.runsc_flags, bundle,
-                                                       own_cgroup=cgroup is not None)]
+            # runsc still configures the Sentry's own cgroup from the OCI resources: that limit is
+            # also what the guest sees as MemTotal (with --ignore-cgroups it would see the host's)
+            argv = [*net.runsc_prefix, *runsc_argv(self.runsc, spec, state, net.runsc_flags, bundle)]
             log.debug("starting %s", " ".join(argv))
             vm.proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,

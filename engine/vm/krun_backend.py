@@ -87,7 +87,7 @@ class KrunVm:
         self._console = console
         self._root = root
         self._tasks: list[asyncio.Task[None]] = []
-        self._cleaned = False
+        self._cleanup_task: asyncio.Future[None] | None = None
 
     def console_tail(self, max_bytes: int = 4096) -> str:
         """Return the last ``max_bytes`` of console output (guest console and libkrun's log)."""
@@ -110,9 +110,13 @@ class KrunVm:
         await self._cleanup()
 
     async def _cleanup(self) -> None:
-        if self._cleaned:
-            return
-        self._cleaned = True  # before any await: kill() and wait_exited() may race here
+        """Tear down once, as a shielded task every caller awaits: kill() and wait_exited() may
+        race here, and a cancelled waiter must not leave the root mounted."""
+        if self._cleanup_task is None:
+            self._cleanup_task = asyncio.ensure_future(self._teardown())
+        await asyncio.shield(self._cleanup_task)
+
+    async def _teardown(self) -> None:
         if self._tasks:  # the pipes reach EOF once the VMM is gone: keep its last words
             await asyncio.wait(self._tasks, timeout=2)
         for task in self._tasks:

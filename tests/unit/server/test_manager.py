@@ -165,7 +165,10 @@ async def test_the_old_layout_is_migrated_once_and_its_symlinks_refused(tmp_path
     assert (m.volume_area("team") / "data").is_dir()  # the data its volumes pointed at
     assert not (state / "sandboxes" / "team" / "evil" / "upper").exists()
     assert [r for r in m.migration_refused if "evil" in r and "symlink" in r]
-    assert not (state / "namespaces").exists() and list(state.glob("namespaces.migrated-*"))
+    assert not (state / "namespaces").exists()
+    [left] = state.glob("namespaces.migrated-*")  # sealed: private, and the refused link is gone
+    assert all((p.stat().st_mode & 0o077) == 0 for p in [left, *left.rglob("*")] if not p.is_symlink())
+    assert not any(p.is_symlink() for p in left.rglob("*"))
     await m.start("team", "kept", None)
     assert m._get("team", "kept").sandbox.spec.network == "public"  # `scope: any` was not carried over
     await m.shutdown()

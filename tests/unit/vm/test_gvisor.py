@@ -116,6 +116,10 @@ def test_a_rw_volume_only_root_can_reach_is_fine(monkeypatch: pytest.MonkeyPatch
         os.rmdir(opened)
 
 
-def test_runsc_leaves_cgroups_to_msb_when_msb_made_one(tmp_path: Path) -> None:
-    assert "--ignore-cgroups" in runsc_argv("runsc", spec(tmp_path), tmp_path, [], tmp_path, own_cgroup=True)
+def test_runsc_configures_cgroups_in_the_sandboxs_own(tmp_path: Path) -> None:
+    """runsc sizes the guest's MemTotal by the cgroup it configures: it must not ignore cgroups,
+    and it is pointed at the sandbox's own cgroup."""
     assert "--ignore-cgroups" not in runsc_argv("runsc", spec(tmp_path), tmp_path, [], tmp_path)
+    config = oci_config(spec(tmp_path), root=tmp_path, agent=tmp_path, etc_files={}, netns=None,
+                        cgroup_path="/msb/x-1")  # fmt: skip
+    assert config["linux"]["cgroupsPath"] == "/msb/x-1"
