@@ -198,9 +198,15 @@ def render_instant(r: dict[str, Any]) -> str:
     return render(r, _row)
 
 
+def render_security(r: dict[str, Any]) -> str:
+    from bench import security
+
+    return security.render(r)
+
+
 RENDERERS = {
     "engine": render_engine, "backends": render_backends, "instant": render_instant, "images": render_images,
-    "server": render_server, "tui": render_tui,
+    "server": render_server, "tui": render_tui, "security": render_security,
 }  # fmt: skip
 
 
@@ -282,12 +288,27 @@ async def _run(which: list[str], quick: bool) -> None:
         print(json.dumps({k: v for k, v in r.items() if k != "rootfs"}, indent=2))
 
 
+async def _run_security(quick: bool) -> None:
+    import os
+
+    from bench import security
+
+    backends = [b.strip() for b in os.environ.get("MSB_TEST_BACKENDS", "gvisor,qemu").split(",") if b.strip()]
+    r = await security.run(fuzz_cases=500 if quick else 10_000, flood_n=10 if quick else 30, backends=backends)
+    r["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    (RESULTS / "security.json").write_text(json.dumps(r, indent=2) + "\n")
+    write_doc("security", render_security(r))
+    print(json.dumps({k: v for k, v in r.items() if k != "flood"}, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("which", nargs="*", default=list(RENDERERS))
     parser.add_argument("--quick", action="store_true", help="fewer runs (smoke test of the bench itself)")
     args = parser.parse_args()
     asyncio.run(_run(args.which, args.quick))
+    if "security" in args.which:
+        asyncio.run(_run_security(args.quick))
 
 
 if __name__ == "__main__":
