@@ -85,7 +85,7 @@ fi
 # --- 4b. the minimal guest kernel (built from Debian's linux-source, cached) -------------
 # The suite tests it, and QEMU's volumes need it: Debian's cloud kernel has no 9p.
 if ! bash scripts/build-kernel.sh --check; then
-  say "building the minimal guest kernel (first time only: about 5 minutes on 2 cores; cached in $CACHE/kernel)"
+  say "building the minimal guest kernel into $CACHE/kernel (the first build takes about 5 minutes on 2 cores, a rebuild seconds)"
   bash scripts/build-kernel.sh >/dev/null
 fi
 

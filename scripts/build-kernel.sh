@@ -58,7 +58,7 @@ die() { printf 'build-kernel: error: %s\n' "$*" >&2; exit 1; }
 if [[ $CHECK -eq 0 ]]; then
     mkdir -p "$CACHE/kernel"
     exec 9>"$CACHE/kernel/.build.lock"
-    flock 9
+    flock -n 9 || { log "waiting for another build of the kernel in $CACHE/kernel to finish"; flock 9; }
 fi
 
 # --- build dependencies --------------------------------------------------------
