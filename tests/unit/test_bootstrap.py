@@ -35,7 +35,7 @@ _ESSENTIAL = {
     "coreutils (Essential)": "basename cat chmod chown chroot cp cut date dirname echo env head id install ln "
     "ls mkdir mktemp mv nproc printf readlink rm rmdir sha256sum sleep sort stat tail touch tr true "
     "false uname wc",
-    "util-linux (Essential)": "flock mount umount setpriv nsenter unshare",
+    "util-linux (Essential)": "flock nsenter unshare",
     "dash (Essential)": "sh",
     "bash (Essential)": "bash",
     "grep (Essential)": "grep",
@@ -194,6 +194,23 @@ def test_the_need_table_names_real_debian_packages() -> None:
     for binary, path in here.items():
         said = owners.get(path, set()) | owners.get(path.removeprefix("/usr"), set())
         assert table[binary] in said, f"NEED says {binary} comes from {table[binary]}, dpkg says {said or 'nothing'}"
+
+
+def test_the_base_allow_list_is_debians_essential_set() -> None:
+    """Each program allowed as "in every Debian" comes from the package named, and that package is
+    Essential or of Priority required here (so a minimal install has it)."""
+    if shutil.which("dpkg-query") is None:
+        pytest.skip("not a Debian host: dpkg-query is missing")
+    claimed = {prog: why.split()[0] for prog, why in BASE_DEBIAN.items() if "Essential" in why or "required" in why}
+    here = {prog: p for prog in claimed if (p := shutil.which(prog) or _in_sbin(prog))}
+    owners = _dpkg_owners([v for p in here.values() for v in (p, p.removeprefix("/usr"))])
+    for prog, path in here.items():
+        said = owners.get(path, set()) | owners.get(path.removeprefix("/usr"), set())
+        assert claimed[prog] in said or not said, f"{prog}: said to come from {claimed[prog]}, dpkg says {said}"
+    for package in set(claimed.values()):
+        fields = subprocess.run(["dpkg-query", "-W", "-f=${Essential} ${Priority}", package],
+                                capture_output=True, text=True, timeout=30).stdout.split()  # fmt: skip
+        assert fields[:1] == ["yes"] or "required" in fields, f"{package}: {fields} is not in every Debian"
 
 
 def _in_sbin(binary: str) -> str | None:
