@@ -11,8 +11,9 @@ The console is read into a bounded ring (shown in boot errors) and a size-capped
 
 Confinement (:mod:`engine.vm.confine`): a cgroup per QEMU, ``-chroot`` into an empty directory
 once its files are open, and ``-runas`` the unprivileged ``msb-vmm`` user unless the sandbox has
-volumes (QEMU's 9p server opens their files as long as the VM runs, with root's access). A VM
-that saves or restores its state with a writable drive gets neither (QEMU re-opens it by name).
+volumes (QEMU's 9p server opens their files as long as the VM runs, with root's access, and its
+xattr calls go through ``/proc/self/fd``, which the empty root lacks). A VM that saves or
+restores its state with a writable drive gets neither (QEMU re-opens it by name).
 
 Volumes and the network device come from :mod:`engine.vm.volumes` and :mod:`engine.vm.network`;
 a ``public`` sandbox's QEMU runs with the network filter of :mod:`engine.vm.netfilter` in
@@ -229,7 +230,9 @@ class QemuBackend:
         # QEMU re-opens a writable drive by name when a migration ends: no chroot or drop then
         reopens = spec.upper_image is not None and (spec.memory_shared or spec.incoming is not None)
         user = None if spec.volumes or reopens else confine.vmm_user()  # see the module docstring
-        chroot = None if reopens else confine.empty_root(spec.run_dir, resolv=spec.network != "none")
+        # 9p's xattr calls (mapped-xattr owners and modes) go through /proc/self/fd paths, which an
+        # empty root does not have: a VM with volumes keeps the host's root view
+        chroot = None if reopens or spec.volumes else confine.empty_root(spec.run_dir, resolv=spec.network != "none")
         fds = open_volume_fds(spec.volumes)
         try:
             argv = build_argv(self.qemu, spec, sockets, volume_fds=fds, runas=user.name if user else None,
