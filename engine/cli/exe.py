@@ -21,10 +21,47 @@ from engine.cli.common import (
 from engine.errors import MsbError
 from engine.vm.accel import TCG_WARNING
 
+AFTER_DASHDASH = "msb.exe.after_dashdash"
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("image", metavar="IMAGE")
+
+class _ExeCommand(click.Command):
+    """Remembers how many words followed ``--``: with ``--image``, only those are the command (a word
+    before ``--`` would be a second IMAGE)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[AFTER_DASHDASH] = len(args) - args.index("--") - 1 if "--" in args else 0
+        return super().parse_args(ctx, args)
+
+
+def split_image(ctx: click.Context, image: str | None, command: tuple[str, ...], image_opt: str | None,
+                ) -> tuple[str, list[str]]:  # fmt: skip
+    """The image (the IMAGE argument or ``--image``) and the command words.
+
+    Raises:
+        click.UsageError: no image, or both the argument and ``--image``.
+    """
+    words = ([image] if image is not None else []) + list(command)
+    if image_opt is None:
+        if not words:
+            raise click.UsageError("Missing argument 'IMAGE' (or --image IMAGE).")
+        image, words = words[0], words[1:]
+    else:
+        before = len(words) - ctx.meta.get(AFTER_DASHDASH, 0)
+        if before > 0:
+            raise click.UsageError(f"the image is given twice: --image {image_opt} and the argument {words[0]!r}; "
+                                   f"give one (with --image, put the command after --: "
+                                   f"msb exe --image {image_opt} -- {' '.join(words)})")  # fmt: skip
+        image = image_opt
+    if words and words[0] == "--":
+        words = words[1:]
+    return image, words
+
+
+@click.command(cls=_ExeCommand, context_settings={"ignore_unknown_options": True})
+@click.argument("image", metavar="[IMAGE]", required=False)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--image", "image_opt", metavar="IMAGE", default=None,
+              help="The image, as the IMAGE argument (give one or the other; the command then follows --).")
 @click.option("--cpus", type=int, default=1, show_default=True, help="Virtual CPUs.")
 @click.option("--memory", type=int, default=512, show_default=True, help="Guest memory in MiB.")
 @click.option("-e", "--env", "envs", multiple=True, metavar="K=V", help="Environment variable (repeatable).")
@@ -42,10 +79,11 @@ from engine.vm.accel import TCG_WARNING
               help="COMMAND is arguments to the image's Entrypoint (as `docker run` does); used by `msb install`.")
 @click.option("-q", "--quiet", is_flag=True, envvar="MSB_QUIET", help="No notes on stderr (e.g. the TCG note).")
 @backend_option()
-def exe(image: str, command: tuple[str, ...], cpus: int, memory: int, envs: tuple[str, ...], volumes: tuple[str, ...],
-        ports: tuple[str, ...], scope: str, workdir: str | None, timeout: float | None, tty: bool | None,
-        with_entrypoint: bool, quiet: bool, backend: str | None) -> None:  # fmt: skip
-    """Run COMMAND in a throwaway sandbox booted from IMAGE.
+def exe(image: str | None, command: tuple[str, ...], image_opt: str | None, cpus: int, memory: int,
+        envs: tuple[str, ...], volumes: tuple[str, ...], ports: tuple[str, ...], scope: str, workdir: str | None,
+        timeout: float | None, tty: bool | None, with_entrypoint: bool, quiet: bool,
+        backend: str | None) -> None:  # fmt: skip
+    """Run COMMAND in a throwaway sandbox booted from IMAGE (or --image IMAGE).
 
     IMAGE is an image reference (pulled if not in the store; its Env, WorkingDir, User
     and, without COMMAND, Entrypoint/Cmd apply) or a root filesystem directory
@@ -56,6 +94,7 @@ def exe(image: str, command: tuple[str, ...], cpus: int, memory: int, envs: tupl
     \b
     Examples:
       msb exe busybox -- sh -c 'echo hello from $(hostname)'
+      msb exe --image microsandbox/python -- python -c 'print(1+1)'
       msb exe -v ./data:/data:ro microsandbox/python -- python3 /data/script.py
       msb exe -p 8000:8000 microsandbox/python -- python3 -m http.server 8000
       msb exe ./rootfs -- ls /
@@ -63,9 +102,7 @@ def exe(image: str, command: tuple[str, ...], cpus: int, memory: int, envs: tupl
     """
     from engine.project.specs import parse_port, parse_volume, refuse_writable_state
 
-    argv = list(command)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
+    image, argv = split_image(click.get_current_context(), image, command, image_opt)
     env = parse_env_options(envs)
     try:
         mounts = tuple(parse_volume(v, Path.cwd()) for v in volumes)
