@@ -48,6 +48,7 @@ from engine.images.debsources import debian_mirror as debian_mirror
 from engine.images.debsources import redact
 from engine.images.layout import LAYER_MEDIA_TYPE, Compression, LayoutWriter
 from engine.images.oci import ContainerConfig, Descriptor, ImageConfig, RootFs, host_platform
+from engine.images.store import ImageRecord, ImageStore
 
 REF = "latest"
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -59,6 +60,8 @@ _MERGED_USR_HOOKS = Path("/usr/share/mmdebstrap/hooks/maybe-merged-usr")
 _SAFE_GLOB = r"^[A-Za-z0-9_.*+-][A-Za-z0-9_./*+-]*$"
 _PYTHON_ENV = [PATH_ENV, "LANG=C.UTF-8", "PYTHONUNBUFFERED=1", "PIP_ROOT_USER_ACTION=ignore",
                "PIP_DISABLE_PIP_VERSION_CHECK=1"]  # fmt: skip
+RECIPE_LABEL = "msb.recipe.revision"
+"""The image config label that records :attr:`BaseImageRecipe.revision`."""
 _NOISE = re.compile(r"^\(Reading database \.\.\. *\d+%\s*$")
 Log = Callable[[str], None]
 
@@ -74,6 +77,9 @@ class BaseImageRecipe(BaseModel):
     config: ContainerConfig
     drop: list[str] = Field(default_factory=list)
     """Globs relative to the root, removed after the install (shell-quoted safe: no spaces or ``..``)."""
+    revision: int = 1
+    """Bumped whenever the recipe changes what is in the image: a stored build labelled with an
+    older revision is rebuilt on its next use (see :func:`outdated_base_image`)."""
 
 
 BASE_IMAGES: dict[str, BaseImageRecipe] = {
@@ -81,12 +87,17 @@ BASE_IMAGES: dict[str, BaseImageRecipe] = {
     for r in (
         BaseImageRecipe(
             name="microsandbox/python",
-            description="Debian minbase with python3, pip, venv and CA certificates",
+            description="Debian minbase with python (python3), pip, venv and CA certificates",
             kind="debian",
-            packages=["python3", "python3-pip", "python3-venv", "ca-certificates"],
+            # python-is-python3: `python -c …` as typed in guides, not only `python3`
+            packages=["python3", "python-is-python3", "python3-pip", "python3-venv", "ca-certificates"],
             config=ContainerConfig(env=_PYTHON_ENV, cmd=["python3"], working_dir="/root"),
-            # A sandbox is disposable: let `pip install` work without --break-system-packages.
+            # A sandbox is disposable: let `pip install` work without --break-system-packages (PEP 668).
+            # Dropping the marker rather than setting PIP_BREAK_SYSTEM_PACKAGES in Env: it holds for
+            # every way pip runs (a spec that replaces the env, `env -i`, a login shell, pip's own
+            # subprocesses), and a user's venv is unaffected either way.
             drop=["usr/lib/python3*/EXTERNALLY-MANAGED"],
+            revision=2,
         ),
         BaseImageRecipe(
             name="microsandbox/node",
@@ -104,6 +115,25 @@ BASE_IMAGES: dict[str, BaseImageRecipe] = {
         ),
     )
 }
+
+
+def outdated_base_image(store: ImageStore, record: ImageRecord) -> bool:
+    """True for a stored image msb built from an older revision of its :data:`BASE_IMAGES` recipe.
+
+    Only msb's own builds under their canonical ``:latest`` name count: a pulled image, or a build
+    stored under another tag (``msb image build --tag``), is never replaced behind the user's back.
+    A build without the label predates revisions: revision 1.
+
+    Raises:
+        ImageError: the stored config blob is missing or malformed.
+    """
+    if record.source != "build" or record.ref.tag != "latest":
+        return False
+    recipe = BASE_IMAGES.get(record.ref.short().split(":")[0])
+    if recipe is None:
+        return False
+    labels = store.config(record).config.labels or {}
+    return labels.get(RECIPE_LABEL, "1") != str(recipe.revision)
 
 
 def build_base_image(
@@ -201,6 +231,7 @@ def _image_config(recipe: BaseImageRecipe, built: _Built) -> ImageConfig:
         "org.opencontainers.image.title": recipe.name,
         "org.opencontainers.image.description": recipe.description,
         "org.opencontainers.image.created": now,
+        RECIPE_LABEL: str(recipe.revision),
         **built.labels,
     }
     plat = host_platform()

@@ -91,16 +91,29 @@ async def resolve_root(
         ref = ImageRef.parse(text)
         if ref.name not in OFFLINE_IMAGES or ref.tag != "latest" or isinstance(exc, AuthError):
             raise
-        # msb's own base images: build them from Debian packages when no registry has them
-        # (once: concurrent starts of the same image wait for the first build)
-        async with _build_lock(ref.name):
-            found = store.find(text)
-            if found is not None:
-                return await _finish(found, store, cache_dir, progress)
-            progress.note(f"{ref.short()} is not in the store and no registry has it; building it "
-                          "offline (`msb image build`)")
-            record = await asyncio.to_thread(build_offline, ref.short().split(":")[0], store, progress.note)
+        record = await _build_base(text, store, progress, "is not in the store and no registry has it")
+    else:
+        if await asyncio.to_thread(_outdated, store, record):
+            record = await _build_base(text, store, progress, "was built from an older recipe")
     return await _finish(record, store, cache_dir, progress)
+
+
+async def _build_base(text: str, store: ImageStore, progress: Progress, why: str) -> ImageRecord:
+    """Build one of msb's own base images from Debian packages (once: concurrent starts of the
+    same image wait for the first build, then find it current)."""
+    ref = ImageRef.parse(text)
+    async with _build_lock(ref.name):
+        found = store.find(text)
+        if found is not None and not await asyncio.to_thread(_outdated, store, found):
+            return found
+        progress.note(f"{ref.short()} {why}; building it offline (`msb image build`)")
+        return await asyncio.to_thread(build_offline, ref.short().split(":")[0], store, progress.note)
+
+
+def _outdated(store: ImageStore, record: ImageRecord) -> bool:
+    from engine.images.build import outdated_base_image  # the builder's imports only when needed
+
+    return outdated_base_image(store, record)
 
 
 _BUILD_LOCKS: dict[tuple[int, str], asyncio.Lock] = {}

@@ -70,7 +70,8 @@ def test_python_image(tmp_path: Path) -> None:
     assert config.config.cmd == ["python3"]
     assert config.config.env and "PYTHONUNBUFFERED=1" in config.config.env
     assert (config.config.labels or {})["msb.debian.suite"] == "bookworm"
-    assert (tree / "usr/bin/python3").exists()
+    assert (tree / "usr/bin/python3").exists() and (tree / "usr/bin/python").exists()
+    assert (tree / "usr/bin/pip").exists()
     assert (tree / "usr/lib/python3/dist-packages/pip/__init__.py").is_file()
     assert not list(tree.glob("usr/lib/python3*/EXTERNALLY-MANAGED"))
     assert_slim(tree)
@@ -79,6 +80,7 @@ def test_python_image(tmp_path: Path) -> None:
     got = chroot_run(tree, "/usr/bin/python3", "-c", "import pip, ssl, venv, sqlite3; print(pip.__version__)")
     assert got.strip()
     assert "pip" in chroot_run(tree, "/usr/bin/python3", "-m", "pip", "--version")
+    assert chroot_run(tree, "/bin/sh", "-c", "python -c 'print(1+1)'").strip() == "2"
     boot_python_image(out, tmp_path)
 
 
@@ -104,6 +106,9 @@ def boot_python_image(layout: Path, tmp_path: Path) -> None:
             assert (res.exit_code, res.stdout) == (0, b"42\n"), res
             pip = await sb.exec(["python3", "-m", "pip", "--version"], timeout=60)
             assert pip.exit_code == 0 and b"pip" in pip.stdout
+            # as the guide types them: `python`, `pip`, through a shell
+            res = await sb.exec(["sh", "-c", "python -c 'print(1+1)' && pip --version"], timeout=60)
+            assert res.exit_code == 0 and res.stdout.startswith(b"2\npip "), res
         finally:
             await sb.kill()
 

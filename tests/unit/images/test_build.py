@@ -155,7 +155,7 @@ def test_mmdebstrap_argv(tmp_path: Path) -> None:
     assert argv[0] == "mmdebstrap"
     assert argv[-3:] == ["bookworm", str(tar), "http://m/debian"]
     for flag in ("--mode=root", "--variant=minbase", "--format=tar", "--skip=output/dev",
-                 "--include=python3,python3-pip,python3-venv,ca-certificates",
+                 "--include=python3,python-is-python3,python3-pip,python3-venv,ca-certificates",
                  "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/locale/*"):  # fmt: skip
         assert flag in argv
     [hook] = [a for a in argv if a.startswith("--customize-hook=")]
