@@ -280,6 +280,8 @@ def _evaluate(scope: dict[str, Any], code: str) -> tuple[bool, list[OutputLine]]
 
 def _fake_exec(box: FakeSandbox, command: str, args: list[str]) -> tuple[int, str, str]:
     """``(exit code, stdout, stderr)`` of the few commands the fake knows."""
+    if command in ("sh", "/bin/sh") and len(args) == 2 and args[0] == "-c":
+        return _fake_shell(box, args[1])
     if command == "echo":
         return 0, " ".join(args) + "\n", ""
     if command in ("true", "sleep"):
@@ -297,6 +299,18 @@ def _fake_exec(box: FakeSandbox, command: str, args: list[str]) -> tuple[int, st
                 out.write(data.decode("utf-8", "replace"))
         return code, out.getvalue(), err.getvalue()
     return 127, "", f"{command}: command not found\n"
+
+
+def _fake_shell(box: FakeSandbox, line: str) -> tuple[int, str, str]:
+    """``sh -c LINE`` for lines of the known commands joined by ``&&`` (no quoting, pipes or redirects)."""
+    code, out, err = 0, "", ""
+    for part in line.split("&&"):
+        command, *args = part.split() or [""]
+        code, o, e = _fake_exec(box, command, args)
+        out, err = out + o, err + e
+        if code != 0:
+            break
+    return code, out, err
 
 
 def _command(command: str, args: list[str], code: int, out: str, err: str,

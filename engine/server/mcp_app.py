@@ -6,8 +6,9 @@ per-request envelope (``mcp.Client`` probes it first via ``server/discover``) an
 ``initialize`` handshake at 2024-11-05 … 2025-11-25 (unknown versions get 2025-11-25).
 
 Seed-style ``tools/call`` (``{"tool_name": "sandbox.command.run", "sandbox_name": …}``, no
-``name``) predates MCP tools; :class:`McpEndpoint` answers it itself, before the SDK (which
-would reject it), and replays every other body to the SDK untouched.
+``name``) predates MCP tools, and so does ``prompts/get`` with ``prompt_name`` (no ``name``);
+:class:`McpEndpoint` answers both itself, before the SDK (which would reject them), and replays
+every other body to the SDK untouched.
 
 Wiring::
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shlex
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
 
@@ -114,15 +114,17 @@ class _SeedCall(BaseModel):
 
     @staticmethod
     def find(body: bytes) -> dict[str, Any] | None:
-        """The request if it is a seed-style ``tools/call`` (``tool_name``, no ``name``), else ``None``."""
-        if b"tool_name" not in body:  # cheap pre-check: most bodies are never parsed twice
+        """The request if it is seed-style (see :data:`_SEED_KEYS`), else ``None``."""
+        if b"tool_name" not in body and b"prompt_name" not in body:  # cheap: most bodies are parsed once
             return None
         try:
             doc = json.loads(body)
         except (ValueError, RecursionError):  # the SDK answers it: a parse error
             return None
-        params = doc.get("params") if isinstance(doc, dict) and doc.get("method") == "tools/call" else None
-        return doc if isinstance(params, dict) and "tool_name" in params and "name" not in params else None
+        method = doc.get("method") if isinstance(doc, dict) else None
+        key = _SEED_KEYS.get(method) if isinstance(method, str) else None  # a list "method" is unhashable
+        params = doc.get("params") if key else None
+        return doc if isinstance(params, dict) and key in params and "name" not in params else None
 
     async def run(self, service: SandboxService) -> dict[str, Any]:
         if self.tool_name == "sandbox.metrics.get":
@@ -135,13 +137,25 @@ class _SeedCall(BaseModel):
         if not self.command:
             raise ConfigError("Invalid params: command is required")
         command, args = self.command, self.args
-        if args is None:  # "ls -la" in one string: split like a shell would, but run no shell
-            try:
-                command, *args = shlex.split(command) or [command]
-            except ValueError as exc:
-                raise ConfigError(f"Invalid params: command: {exc}") from None
+        if args is None:  # one string, as the guide sends it ("pip install x && python -c …"): a shell line
+            command, args = SEED_SHELL, ["-c", self.command]
         r = await service.run_command(self.namespace, self.sandbox_name, command, args, self.timeout)
         return {"stdout": r.stdout, "stderr": r.stderr, "exit_code": r.exit_code}
+
+
+class _SeedPrompt(BaseModel):
+    prompt_name: str = Field(max_length=128)  # echoed in "Unknown prompt: …": never a client's megabyte
+    arguments: dict[str, str] | None = None
+
+    def run(self) -> dict[str, Any]:
+        return prompt_result(self.prompt_name, self.arguments).model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+_SEED_KEYS = {"tools/call": "tool_name", "prompts/get": "prompt_name"}
+"""The methods answered seed-style, and the key that marks their seed shape (when ``name`` is absent)."""
+SEED_SHELL = "/bin/sh"
+"""A seed-style command without ``args`` runs as ``/bin/sh -c COMMAND`` (the standard tool and the RPC
+method never add a shell): every image msb runs has it, busybox included."""
 
 
 # --- the endpoint ---------------------------------------------------------------------------
@@ -232,9 +246,10 @@ class McpEndpoint:
         """Answer one seed-style ``tools/call``: a JSON-RPC response (202 and no body for a notification)."""
         id_, status = doc.get("id"), 200
         try:
-            call = _SeedCall.model_validate(doc["params"])
-            self._check(scope, call.namespace)
-            body: dict[str, Any] = {"jsonrpc": "2.0", "result": await call.run(self.service), "id": id_}
+            result = await self._seed_result(scope, doc)
+            body: dict[str, Any] = {"jsonrpc": "2.0", "result": result, "id": id_}
+        except MCPError as exc:  # an unknown prompt
+            body = rpc.error_body(id_, exc.code, exc.message)
         except ValidationError as exc:
             body = rpc.error_body(id_, rpc.INVALID_PARAMS, _invalid(exc))
         except NotFoundError:  # the seed's exact wording, trailing period included
@@ -247,6 +262,13 @@ class McpEndpoint:
             log.exception("seed-style MCP call failed")
             body = rpc.error_body(id_, rpc.INTERNAL_ERROR, "Internal error")
         return Response(status_code=202) if "id" not in doc and status == 200 else JSONResponse(body, status)
+
+    async def _seed_result(self, scope: Scope, doc: dict[str, Any]) -> dict[str, Any]:
+        if doc["method"] == "prompts/get":  # static text: no namespace to authorize
+            return _SeedPrompt.model_validate(doc["params"]).run()
+        call = _SeedCall.model_validate(doc["params"])
+        self._check(scope, call.namespace)
+        return await call.run(self.service)
 
     def _build_server(self) -> Server[Any]:
         tools = [tool_schema(name, model) for name, model in TOOLS.items()]
