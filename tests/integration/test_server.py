@@ -187,7 +187,8 @@ def test_real_server_auth_and_errors(server: Server) -> None:
     assert r.status_code == 403
     ok = httpx.post(rpc, json=body, headers={"Authorization": f"Bearer {server.key}"})
     assert ok.status_code == 200 and "sandboxes" in ok.json()["result"]
-    bad = httpx.post(rpc, content=b"{oops", headers={"Authorization": f"Bearer {server.key}"})
+    bad = httpx.post(rpc, content=b"{oops", headers={"Authorization": f"Bearer {server.key}",
+                                                     "Content-Type": "application/json"})  # fmt: skip
     assert bad.json()["error"]["code"] == -32700
     ghost = server.rpc("sandbox.command.run", {"sandbox": "ghost", "namespace": "default", "command": "true"})
     assert ghost["error"]["code"] == -32602  # type: ignore[index]
