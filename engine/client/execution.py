@@ -1,5 +1,6 @@
 """What ``sandbox.run`` and ``sandbox.command.run`` return, shaped like microsandbox's SDK 0.1.x
-(``await exe.output()``, ``exe.has_error()``, ``cmd.exit_code`` …).
+(``await exe.output()``, ``exe.has_error()``, ``cmd.exit_code`` …), plus the plain attributes
+guides read from either (``.exit_code``, ``.stdout``, ``.stderr``).
 
 The parsed wire result stays available as ``.result`` (a pydantic model).
 """
@@ -40,6 +41,22 @@ class Execution:
     def lines(self) -> list[OutputLine]:
         """Every output line, stdout and stderr interleaved in arrival order."""
         return list(self.result.output)
+
+    @property
+    def exit_code(self) -> int:
+        """``0`` when the code ran (status ``"success"``), else ``1``: a REPL has no exit status,
+        but code that checks ``exit_code`` (as the command results have it) should work here too."""
+        return 0 if self.result.status == "success" else 1
+
+    @property
+    def stdout(self) -> str:
+        """The stdout lines joined with ``"\\n"``, as :meth:`output` returns them (no ``await``)."""
+        return _join(self.result.output, "stdout")
+
+    @property
+    def stderr(self) -> str:
+        """The stderr lines joined with ``"\\n"``, as :meth:`error` returns them (no ``await``)."""
+        return _join(self.result.output, "stderr")
 
     async def output(self) -> str:
         """The stdout lines joined with ``"\\n"`` (no trailing newline).
@@ -99,6 +116,19 @@ class CommandExecution:
     def success(self) -> bool:
         """Whether the command exited with status 0."""
         return self.result.success
+
+    @property
+    def stdout(self) -> str:
+        """The whole standard output as the server sent it (newlines kept); from older servers
+        without it, the stdout lines joined with ``"\\n"``."""
+        out = self.result.stdout
+        return out if out is not None else _join(self.result.output, "stdout")
+
+    @property
+    def stderr(self) -> str:
+        """The whole standard error, like :attr:`stdout`."""
+        err = self.result.stderr
+        return err if err is not None else _join(self.result.output, "stderr")
 
     @property
     def lines(self) -> list[OutputLine]:

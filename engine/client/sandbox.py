@@ -4,10 +4,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -15,6 +14,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from engine.client.command import Command
+from engine.client.creation import SandboxCreation
 from engine.client.errors import SandboxError, SandboxNotStartedError
 from engine.client.execution import Execution
 from engine.client.metrics import Metrics
@@ -37,7 +37,8 @@ STOP_TIMEOUT_S = 60.0
 class BaseSandbox:
     """One named sandbox on an msb server. Subclasses fix the image and REPL language.
 
-    Use ``async with PythonSandbox.create(...) as sb`` (started on entry, stopped on exit), or
+    Use ``async with PythonSandbox.create(...) as sb`` (started on entry, stopped on exit),
+    ``sb = await PythonSandbox.create(...)`` (started; ``await sb.stop()`` when done), or
     construct it and call :meth:`start` / :meth:`stop` yourself.
     """
 
@@ -106,8 +107,7 @@ class BaseSandbox:
         return self.default_image
 
     @classmethod
-    @asynccontextmanager
-    async def create(
+    def create(
         cls,
         server_url: str | None = None,
         namespace: str = "default",
@@ -120,29 +120,31 @@ class BaseSandbox:
         image: str | None = None,
         client: httpx.AsyncClient | None = None,
         ephemeral: bool = False,
-    ) -> AsyncIterator[Self]:
-        """Start a sandbox for the ``async with`` body and stop it afterwards.
+    ) -> SandboxCreation[Self]:
+        """A sandbox to start: ``async with`` it (stopped after the body) or ``await`` it (you stop it).
 
-        If the body raises, a failure to stop is logged and the body's exception propagates.
+        ``async with PythonSandbox.create(...) as sb`` starts the sandbox and stops it after the
+        body; if the body raises, a failure to stop is logged and the body's exception propagates.
+        ``sb = await PythonSandbox.create(...)`` starts it and returns it; a later ``await
+        sb.start()`` sends nothing, and ``await sb.stop()`` is the caller's. Nothing is sent before
+        either.
 
         Args:
             server_url, namespace, name, api_key, client: as for the constructor.
             cpus, memory, timeout, image, ephemeral: as for :meth:`start`.
 
         Returns:
-            An async context manager yielding the started sandbox.
+            A :class:`~engine.client.creation.SandboxCreation`: awaitable and an async context
+            manager, each giving the started sandbox.
 
         Raises:
-            SandboxError: the sandbox could not be started, or (after a clean body) stopped.
+            SandboxError: (when awaited or entered) the sandbox could not be started; (on leaving a
+                clean ``async with`` body) stopped.
         """
         sandbox = cls(server_url=server_url, namespace=namespace, name=name, api_key=api_key, client=client)
-        await sandbox.start(image=image, memory=memory, cpus=cpus, timeout=timeout, ephemeral=ephemeral)
-        try:
-            yield sandbox
-        except BaseException:
-            await sandbox._stop_quietly()
-            raise
-        await sandbox.stop()
+        start = functools.partial(sandbox.start, image=image, memory=memory, cpus=cpus, timeout=timeout,
+                                  ephemeral=ephemeral)  # fmt: skip
+        return SandboxCreation(sandbox, start)
 
     async def __aenter__(self) -> Self:
         if not self._started:
