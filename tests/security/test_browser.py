@@ -26,9 +26,9 @@ from starlette.applications import Starlette
 from engine.cli import server as server_cli
 from engine.cli.common import EXIT_USAGE
 from engine.errors import ConfigError
+from engine.server import main
 from engine.server.app import build_app
 from engine.server.fake_service import FakeService
-from engine.server import main
 from engine.server.main import serve
 from engine.server.settings import ServerSettings
 from engine.server.web_guard import WebPolicy, check_dev_bind
