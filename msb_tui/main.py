@@ -8,6 +8,7 @@ from pathlib import Path
 from msb_tui.workbench import Workbench
 
 BACKENDS = ("auto", "qemu", "gvisor", "krun")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")  # engine.server.settings.LOG_LEVELS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -15,7 +16,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-f", "--file", type=Path, default=None,
                         help="the Sandboxfile (default: the nearest one from here upwards)")  # fmt: skip
     parser.add_argument("--server", metavar="URL", default=None, help="work against a remote msb server")
-    parser.add_argument("--api-key", default=None, help="API key for --server (env MSB_API_KEY)")
+    parser.add_argument("--api-key", default=None,
+                        help="API key for --server (env MSB_API_KEY); --headless: a static key clients may send "
+                        "(16+ characters, as `msb server start --api-key`)")  # fmt: skip
     parser.add_argument("--theme", choices=["msb-dark", "msb-light"], default="msb-dark")
     parser.add_argument("--headless", action="store_true",
                         help="run the engine as a server (same as `msb server start`), no UI")
@@ -23,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--dev", action="store_true", default=None, help="server without authentication")
     parser.add_argument("--key", default=None, help="server secret (env MSB_SERVER_KEY)")
+    parser.add_argument("--storage-path", type=Path, default=None,
+                        help="--headless: the server's state directory (default ~/.msb; env MSB_STORAGE_PATH)")
+    parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default=None,
+                        help="--headless: server log level (default info; env MSB_LOG_LEVEL)")
     parser.add_argument("--backend", choices=BACKENDS, type=str.lower, default=None,
                         help="what isolates the sandboxes started here (--headless: the server's one backend); "
                         "default: the Sandboxfile's backend:, then MSB_BACKEND, else auto (`msb doctor`)")  # fmt: skip
@@ -61,7 +68,8 @@ def main() -> None:
         try:
             pools = parse_pools(args.pools) if args.pools else None
             settings = ServerSettings.from_env(host=args.host, port=args.port, dev=args.dev, key=args.key,
-                                               backend=args.backend, pools=pools,
+                                               api_key=args.api_key, storage=args.storage_path,
+                                               log_level=args.log_level, backend=args.backend, pools=pools,
                                                pool_max_mib=args.pool_max_mib)  # fmt: skip
             serve(settings)
         except MsbError as exc:

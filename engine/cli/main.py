@@ -14,11 +14,13 @@ from engine.cli.install import register as register_install_commands
 from engine.cli.project import register as register_project_commands
 from engine.cli.run import register as register_run_commands
 from engine.cli.server import server as server_group
+from engine.server.settings import LOG_LEVELS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(None, "-V", "--version", package_name="msb", prog_name="msb", message="%(prog)s %(version)s")
 @click.option("--log-level", envvar="MSB_LOG_LEVEL", default="warning", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+              type=click.Choice(LOG_LEVELS, case_sensitive=False))
 def cli(log_level: str) -> None:
     """msb — run untrusted code in microVM sandboxes."""
     logging.basicConfig(level=log_level.upper(), format="msb: %(levelname)s: %(message)s")

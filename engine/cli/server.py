@@ -14,7 +14,9 @@ import httpx
 
 from engine.cli.common import backend_option, check_backend, echo_error, fail
 from engine.errors import ConfigError, MsbError
-from engine.server.settings import Limits, ServerSettings, parse_pools
+from engine.server.settings import LOG_LEVELS, Limits, ServerSettings, parse_pools
+
+F = Callable[..., None]
 
 
 @click.group()
@@ -22,7 +24,14 @@ def server() -> None:
     """Run msb as a server: JSON-RPC at /api/v1/rpc, MCP at /mcp."""
 
 
-def tenant_options(f: Callable[..., None]) -> Callable[..., None]:
+def storage_option(f: F) -> F:
+    """``--storage-path`` (env ``MSB_STORAGE_PATH``): the state dir of the server meant."""
+    return click.option("--storage-path", "storage", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        help="The server's state directory: secret, sandboxes, pid file, log "
+                             "(default ~/.msb; env MSB_STORAGE_PATH).")(f)  # fmt: skip
+
+
+def tenant_options(f: F) -> F:
     """What API clients may ask of this host (docs/security.md); each flag beats its MSB_* variable."""
     opts = [
         click.option("--allow-image-dir", "allow_image_dirs", multiple=True, type=click.Path(file_okay=False),
@@ -72,6 +81,13 @@ def apply_tenant_options(settings: ServerSettings, tenant: dict[str, Any]) -> No
 @click.option("--dev", is_flag=True, default=None,
               help="No authentication (local development only; refused off loopback).")
 @click.option("--key", default=None, envvar="MSB_SERVER_KEY", help="Server secret used to sign API keys.")
+@click.option("--api-key", default=None, metavar="KEY",
+              help="A static key (16+ characters) clients may send as `Authorization: Bearer KEY`, for all "
+                   "namespaces, beside the keys of `msb server keygen` (env MSB_API_KEY unless it holds an "
+                   "msb_ key; docs/server.md).")  # fmt: skip
+@storage_option
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=None,
+              help="Server log level (default info; env MSB_LOG_LEVEL).")
 @click.option("--detach", is_flag=True, help="Run in the background; logs go to <state>/server.log.")
 @backend_option()
 @click.option("--pool", "pools", multiple=True, metavar="IMAGE[=N]",
@@ -87,19 +103,22 @@ def apply_tenant_options(settings: ServerSettings, tenant: dict[str, Any]) -> No
               help="Web origin allowed to call from a browser; repeatable, '*' allows any; replaces "
                    "MSB_ALLOWED_ORIGINS.")  # fmt: skip
 @tenant_options
-def start(host: str | None, port: int | None, dev: bool | None, key: str | None, detach: bool,
-          backend: str | None, pools: tuple[str, ...], pool_max_mib: float | None,
-          allowed_hosts: tuple[str, ...], allowed_origins: tuple[str, ...], **tenant: Any) -> None:  # fmt: skip
+def start(host: str | None, port: int | None, dev: bool | None, key: str | None, api_key: str | None,
+          storage: Path | None, log_level: str | None, detach: bool, backend: str | None, pools: tuple[str, ...],
+          pool_max_mib: float | None, allowed_hosts: tuple[str, ...], allowed_origins: tuple[str, ...],
+          **tenant: Any) -> None:  # fmt: skip
     """Start the server (foreground unless --detach). It runs all its sandboxes on one
     backend, chosen here and logged with what isolates them."""
     from engine.server.main import read_pid, serve
 
     try:
-        settings = ServerSettings.from_env(host=host, port=port, dev=dev or None, key=key, backend=backend,
+        settings = ServerSettings.from_env(host=host, port=port, dev=dev or None, key=key, api_key=api_key,
+                                           storage=storage, log_level=log_level, backend=backend,
                                            pools=parse_pools(pools) if pools else None,
                                            pool_max_mib=pool_max_mib, allowed_hosts=list(allowed_hosts) or None,
                                            allowed_origins=list(allowed_origins) or None)  # fmt: skip
         apply_tenant_options(settings, tenant)
+        _check_static_key(settings)
     except ConfigError as exc:
         sys.exit(fail(exc))
     running = read_pid(settings)
@@ -118,12 +137,25 @@ def start(host: str | None, port: int | None, dev: bool | None, key: str | None,
     _start_detached(settings)
 
 
-def _settings() -> ServerSettings:
-    """The settings from the environment (a malformed ``MSB_POOL`` … is a usage error)."""
+def _settings(**flags: object) -> ServerSettings:
+    """The settings from ``flags`` and the environment (a malformed ``MSB_POOL`` … is a usage error)."""
     try:
-        return ServerSettings.from_env()
+        return ServerSettings.from_env(**flags)
     except ConfigError as exc:
         sys.exit(fail(exc))
+
+
+def _check_static_key(settings: ServerSettings) -> None:
+    """Refuse a bad ``--api-key`` here, before a detached start hides the reason in its log.
+
+    Raises:
+        ConfigError: as :func:`engine.server.auth.check_static_key`.
+    """
+    from engine.server.auth import check_static_key
+    from engine.server.main import secret_for
+
+    if settings.api_key:
+        check_static_key(settings.api_key, None if settings.dev else secret_for(settings), dev=settings.dev)
 
 
 def _check_backend_works(backend: str | None) -> None:
@@ -140,8 +172,12 @@ def _start_detached(settings: ServerSettings) -> None:
     log_path = settings.storage / "server.log"
     settings.storage.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "engine.server.main", settings.model_dump_json()], stdout=log,
-                                stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        # The settings (secrets included) go through a pipe: a command line is readable by every local user.
+        proc = subprocess.Popen([sys.executable, "-m", "engine.server.main"], stdout=log, stderr=log,
+                                stdin=subprocess.PIPE, start_new_session=True)  # fmt: skip
+        assert proc.stdin is not None
+        proc.stdin.write(settings.model_dump_json().encode())
+        proc.stdin.close()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -157,11 +193,12 @@ def _start_detached(settings: ServerSettings) -> None:
 
 
 @server.command("stop")
-def stop() -> None:
+@storage_option
+def stop(storage: Path | None) -> None:
     """Stop the background server (its sandboxes are stopped cleanly)."""
     from engine.server.main import stop_server
 
-    if stop_server(_settings()):
+    if stop_server(_settings(storage=storage)):
         click.echo("msb server stopped")
     else:
         click.echo("no msb server is running", err=True)
@@ -169,11 +206,12 @@ def stop() -> None:
 
 
 @server.command("status")
-def status() -> None:
+@storage_option
+def status(storage: Path | None) -> None:
     """Is a server running, and is it healthy?"""
     from engine.server.main import read_pid
 
-    settings = _settings()
+    settings = _settings(storage=storage)
     found = read_pid(settings)
     if found is None:
         click.echo("not running")
@@ -191,16 +229,16 @@ def status() -> None:
 @server.command("keygen")
 @click.option("--expire", default="24h", show_default=True, help="Lifetime: 30m, 24h, 7d, 2w …")
 @click.option("--namespace", default="*", show_default=True, help="Namespace the key may use (* = all).")
-def keygen(expire: str, namespace: str) -> None:
-    """Print a new API key (msb_…) signed with this server's secret."""
-    from engine.server.auth import make_key, parse_duration
-    from engine.server.main import secret_for
+@click.option("--key", default=None, envvar="MSB_SERVER_KEY",
+              help="The secret the server was started with (its --key / MSB_SERVER_KEY); default <state>/server.key.")
+@storage_option
+def keygen(expire: str, namespace: str, key: str | None, storage: Path | None) -> None:
+    """Print a new API key (msb_…) signed with the secret the server uses: the same --key and
+    --storage-path as `msb server start`. Refuses, with the fix, a key the running server would reject."""
+    from engine.cli.keygen import signed_key
 
-    settings = _settings()
+    settings = _settings(key=key, storage=storage)
     try:
-        secret = secret_for(settings.model_copy(update={"dev": False}))
-        assert secret is not None
-        click.echo(make_key(secret, expire_s=parse_duration(expire), namespace=namespace))
+        click.echo(signed_key(settings, expire=expire, namespace=namespace))
     except MsbError as exc:
-        click.echo(f"msb: error: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(fail(exc))

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.server import rpc
-from engine.server.auth import ApiAuthError, Claims, check_namespace, token_from_headers, verify
+from engine.server.auth import ApiAuthError, Claims, authenticate, check_namespace, token_from_headers
 from engine.server.service import SandboxService
 from engine.server.settings import ServerSettings
 from engine.server.web_guard import WebGuard, WebPolicy
@@ -66,7 +66,7 @@ class Gate:
             headers = {k.decode().lower(): v.decode("latin-1") for k, v in scope["headers"]}
             try:
                 assert self.secret is not None
-                claims = verify(self.secret, token_from_headers(headers))
+                claims = authenticate(self.secret, token_from_headers(headers), static_key=self.settings.api_key)
             except ApiAuthError as exc:
                 denied = rpc.error_body(None, exc.code, exc.message, {"hint": exc.hint})
                 await _json(exc.http_status, denied)(scope, receive, send)

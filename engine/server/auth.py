@@ -4,6 +4,8 @@ server secret (CONTRACTS.md). The secret is 32 random alphanumerics in ``<state>
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import secrets
@@ -18,6 +20,8 @@ from pydantic import BaseModel
 from engine.errors import ConfigError, MsbError
 
 PREFIX = "msb_"
+MIN_STATIC_KEY = 16
+STATIC_KEY_HINT = "a static key is a random string of your own, e.g. `openssl rand -hex 24`"
 ALGORITHM = "HS256"
 SECRET_FILE = "server.key"
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
@@ -121,6 +125,49 @@ def verify(secret: str, token: str | None) -> Claims:
     if not isinstance(ns, str):
         raise ApiAuthError("malformed API key (namespace claim)", hint=hint)
     return Claims(namespace=ns, exp=int(doc["exp"]), iat=int(doc["iat"]))
+
+
+def authenticate(secret: str, token: str | None, *, static_key: str | None = None) -> Claims:
+    """Check a key: the operator's static key (``--api-key``, namespace ``*``) or a signed ``msb_`` key.
+
+    An ``msb_`` value is never compared as a static key: it is verified by its signature, so its
+    expiry and namespace apply however the operator passed it.
+
+    Raises:
+        ApiAuthError: as :func:`verify`.
+    """
+    if static_key and not static_key.startswith(PREFIX) and token and not token.startswith(PREFIX):
+        # Digests first: compare_digest is constant-time only for equal lengths, so the key's length stays hidden.
+        given, wanted = hashlib.sha256(token.encode()).digest(), hashlib.sha256(static_key.encode()).digest()
+        if hmac.compare_digest(given, wanted):
+            return Claims(namespace="*", exp=0, iat=0)
+        raise ApiAuthError("API key is not this server's static key", hint="send the key given to --api-key")
+    return verify(secret, token)
+
+
+def check_static_key(static_key: str | None, secret: str | None, *, dev: bool) -> None:
+    """Refuse a static key the server could not honour as asked (at start, before anything listens).
+
+    Raises:
+        ConfigError: a key with ``--dev`` (no auth at all), one shorter than :data:`MIN_STATIC_KEY`, or an
+            ``msb_`` key this server's secret did not sign (a signed key only works through its signature).
+    """
+    if not static_key:
+        return
+    if dev:
+        raise ConfigError("--dev turns authentication off, so an API key (--api-key / MSB_API_KEY) would be ignored",
+                          hint="drop --dev to require the key, or drop the key (unset MSB_API_KEY)")  # fmt: skip
+    if static_key.startswith(PREFIX):
+        try:
+            verify(secret or "", static_key)
+        except ApiAuthError as exc:
+            raise ConfigError(f"--api-key got an msb_ key this server does not accept ({exc.message})",
+                              hint=f"msb_ keys come from `msb server keygen` with this server's secret; "
+                                   f"{STATIC_KEY_HINT}") from None  # fmt: skip
+        return
+    if len(static_key) < MIN_STATIC_KEY:
+        raise ConfigError(f"the API key (--api-key / MSB_API_KEY) is shorter than {MIN_STATIC_KEY} characters",
+                          hint=STATIC_KEY_HINT)  # fmt: skip
 
 
 def check_namespace(claims: Claims | None, namespace: str) -> None:

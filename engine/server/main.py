@@ -17,7 +17,7 @@ import uvicorn
 from engine.errors import ConfigError, MsbError
 from engine.sandbox.engine import Engine
 from engine.server.app import build_app
-from engine.server.auth import load_secret
+from engine.server.auth import PREFIX, check_static_key, load_secret
 from engine.server.manager import SandboxManager
 from engine.server.settings import ServerSettings
 from engine.server.tenancy import TenantPolicy
@@ -63,6 +63,15 @@ def pid_file(settings: ServerSettings) -> Path:
     return settings.storage / "server.pid"
 
 
+def secret_source(settings: ServerSettings) -> str:
+    """Where :func:`secret_for` takes the signing secret from: ``key`` (``--key``/``MSB_SERVER_KEY``), ``file``
+    (``<state>/server.key``) or ``none`` (dev mode). Recorded in the pid file so that ``msb server keygen`` can
+    tell which secret the running server signs with, without the secret being written anywhere new."""
+    if settings.key:
+        return "key"
+    return "none" if settings.dev else "file"
+
+
 def secret_for(settings: ServerSettings) -> str | None:
     """The signing secret: ``--key`` / ``MSB_SERVER_KEY``, else ``<state>/server.key`` (made
     on the first non-dev start). Dev mode needs none."""
@@ -95,6 +104,8 @@ def serve(settings: ServerSettings) -> None:
     configure_logging(settings.log_level)
     settings.storage.mkdir(parents=True, exist_ok=True, mode=0o700)
     secret = secret_for(settings)
+    check_static_key(settings.api_key, secret, dev=settings.dev)
+    _log_key_sources(settings)
     if settings.dev:
         sys.stderr.write(DEV_WARNING)
         log.warning("dev mode: authentication disabled")
@@ -117,7 +128,7 @@ def serve(settings: ServerSettings) -> None:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=False, lifespan="on")  # fmt: skip
     server = uvicorn.Server(config)
-    pid_file(settings).write_text(f"{os.getpid()}\n{settings.host}\n{settings.port}\n")
+    pid_file(settings).write_text(f"{os.getpid()}\n{settings.host}\n{settings.port}\n{secret_source(settings)}\n")
     try:
         log.info("listening on %s", settings.url)
         asyncio.run(server.serve())
@@ -131,15 +142,32 @@ def serve(settings: ServerSettings) -> None:
         raise failed[0]
 
 
+def _log_key_sources(settings: ServerSettings) -> None:
+    """Say which keys this server accepts (never the keys themselves)."""
+    if settings.api_key and not settings.api_key.startswith(PREFIX):
+        log.info("clients may also send the static API key given with --api-key / MSB_API_KEY (namespace *)")
+    if os.environ.get("MSB_API_KEY", "").strip().startswith(PREFIX) and not settings.api_key:
+        log.info("MSB_API_KEY holds a client's msb_ key: not taken as a static key (it works if this server signed it)")
+
+
 def read_pid(settings: ServerSettings) -> tuple[int, str, int] | None:
     """(pid, host, port) of a running server of this storage dir, or None."""
     try:
-        pid_s, host, port_s = pid_file(settings).read_text().split()
+        pid_s, host, port_s = pid_file(settings).read_text().split()[:3]
         pid = int(pid_s)
         os.kill(pid, 0)
         return pid, host, int(port_s)
     except (OSError, ValueError):
         return None
+
+
+def running_secret_source(settings: ServerSettings) -> str | None:
+    """The :func:`secret_source` of the server running on this storage dir; None if none runs (or it is an
+    older server that did not record it)."""
+    if read_pid(settings) is None:
+        return None
+    lines = pid_file(settings).read_text().split()
+    return lines[3] if len(lines) > 3 else None
 
 
 def stop_server(settings: ServerSettings, timeout: float = 30.0) -> bool:
@@ -159,9 +187,9 @@ def stop_server(settings: ServerSettings, timeout: float = 30.0) -> bool:
     return True
 
 
-if __name__ == "__main__":  # used by `msb server start --detach`
+if __name__ == "__main__":  # used by `msb server start --detach`: settings on stdin (argv is public in /proc)
     try:
-        serve(ServerSettings.model_validate_json(sys.argv[1]))
+        serve(ServerSettings.model_validate_json(sys.stdin.buffer.read()))
     except MsbError as exc:
         log.error("the server cannot start: %s", exc)
         sys.exit(1)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from engine import paths
 from engine.errors import ConfigError
@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from engine.images.policy import PullPolicy
 
 MAX_POOL_SIZE = 64
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+SIGNED_KEY_PREFIX = "msb_"  # engine.server.auth.PREFIX (not imported: auth pulls in jwt)
 
 
 class Limits(BaseModel):
@@ -91,10 +94,14 @@ class ServerSettings(BaseModel):
     port: int = Field(default=5555, ge=0, le=65535)
     dev: bool = False
     """No authentication at all (prints a loud warning); refused off loopback."""
-    key: str | None = None
+    key: str | None = Field(default=None, repr=False)
     """Server secret override (default: ``<state>/server.key``)."""
+    api_key: str | None = Field(default=None, repr=False)
+    """Static API key clients may send as ``Bearer`` (namespace ``*``) beside the signed ``msb_`` keys
+    (``--api-key``; ``MSB_API_KEY`` unless that holds an ``msb_`` key: docs/server.md)."""
     storage: Path = Field(default_factory=paths.state_dir)
     log_level: str = "info"
+    """One of :data:`LOG_LEVELS` (any case on input)."""
     limits: Limits = Field(default_factory=Limits)
     backend: str | None = None
     """What isolates this server's sandboxes — one backend per server: ``auto``, ``qemu``,
@@ -124,19 +131,32 @@ class ServerSettings(BaseModel):
     """Registry hosts (``host[:port]``) such pulls may reach although they resolve to loopback,
     private or link-local addresses (``--allow-registry``, ``MSB_ALLOWED_REGISTRIES``)."""
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _known_level(cls, value: object) -> object:
+        level = value.strip().lower() if isinstance(value, str) else value
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log level {value!r} is not one of {', '.join(LOG_LEVELS)}")
+        return level
+
     @classmethod
     def from_env(cls, **flags: object) -> ServerSettings:
         """Flags given (not None) win over ``MSB_HOST``/``MSB_PORT``/``MSB_API_KEY``…
 
         Raises:
-            ConfigError: a malformed ``MSB_POOL`` or ``MSB_POOL_MAX_MIB``; ``--dev`` off loopback; a
-                malformed allowed host or origin.
+            ConfigError: a malformed ``MSB_POOL``, ``MSB_POOL_MAX_MIB``, ``MSB_PORT``, ``MSB_DEV_MODE`` or log
+                level; ``--dev`` off loopback; a malformed allowed host or origin.
         """
         env: dict[str, object] = {}
         if os.environ.get("MSB_HOST"):
             env["host"] = os.environ["MSB_HOST"]
         if os.environ.get("MSB_PORT"):
-            env["port"] = int(os.environ["MSB_PORT"])
+            env["port"] = _whole("MSB_PORT", os.environ["MSB_PORT"])
+        if _flag_var("MSB_DEV_MODE"):
+            env["dev"] = True
+        env_key = os.environ.get("MSB_API_KEY", "").strip()
+        if env_key and not env_key.startswith(SIGNED_KEY_PREFIX):  # an msb_ value is a client's key: not ours
+            env["api_key"] = env_key
         if os.environ.get("MSB_SERVER_KEY"):
             env["key"] = os.environ["MSB_SERVER_KEY"]
         if os.environ.get("MSB_LOG_LEVEL"):
@@ -153,7 +173,7 @@ class ServerSettings(BaseModel):
         if os.environ.get("MSB_ALLOWED_IMAGE_DIRS", "").strip():
             env["allowed_image_dirs"] = [Path(d.strip()) for d in os.environ["MSB_ALLOWED_IMAGE_DIRS"].split(",")
                                          if d.strip()]  # fmt: skip
-        if os.environ.get("MSB_ALLOW_PUBLIC_PORTS", "").strip() not in ("", "0"):
+        if _flag_var("MSB_ALLOW_PUBLIC_PORTS"):  # "false" means false
             env["allow_public_ports"] = True
         if os.environ.get("MSB_POOL", "").strip():
             env["pools"] = parse_pools(i for i in os.environ["MSB_POOL"].split(",") if i.strip())
@@ -162,13 +182,16 @@ class ServerSettings(BaseModel):
         for field, var in (("allowed_hosts", "MSB_ALLOWED_HOSTS"), ("allowed_origins", "MSB_ALLOWED_ORIGINS")):
             if os.environ.get(var, "").strip():
                 env[field] = [i.strip() for i in os.environ[var].split(",") if i.strip()]
-        if os.environ.get("MSB_TENANT_REGISTRY_CREDENTIALS", "").strip() not in ("", "0"):
+        if _flag_var("MSB_TENANT_REGISTRY_CREDENTIALS"):  # "false" means false
             env["tenant_registry_credentials"] = True
         if os.environ.get("MSB_ALLOWED_REGISTRIES", "").strip():
             env["allowed_registries"] = [i.strip() for i in os.environ["MSB_ALLOWED_REGISTRIES"].split(",")
                                          if i.strip()]  # fmt: skip
         env.update({k: v for k, v in flags.items() if v is not None})
-        settings = cls.model_validate(env)
+        try:
+            settings = cls.model_validate(env)
+        except ValidationError as exc:
+            raise ConfigError(_first_problem(exc), hint="see `msb server start --help` and docs/server.md") from None
         settings.check_web_safety()
         settings.pull_policy()  # a malformed --allow-registry fails at start
         return settings
@@ -199,6 +222,25 @@ class ServerSettings(BaseModel):
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+
+def _flag_var(var: str) -> bool:
+    """A yes/no variable: ``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``/empty (any case).
+
+    Raises:
+        ConfigError: anything else.
+    """
+    text = os.environ.get(var, "").strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ConfigError(f"{var}={os.environ[var]!r} is neither true nor false", hint=f"e.g. {var}=1 or {var}=0")
+
+
+def _first_problem(exc: ValidationError) -> str:
+    """The first error of ``exc`` in a line (field: reason), without pydantic's URL."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"bad server setting {where}: {err['msg'].removeprefix('Value error, ')}"
 
 
 def _whole(var: str, text: str) -> int:
