@@ -162,6 +162,18 @@ class SandboxEntry(BaseModel):
     backend: str | None = None
     """What isolates it: auto | qemu | gvisor | krun (default ``MSB_BACKEND``, else auto);
     ``msb run --backend`` overrides it."""
+    host_ca: bool | None = None
+    """``true``: share the host's CA bundle read-only and point SSL_CERT_FILE, PIP_CERT … at it
+    (engine/sandbox/host_ca.py); for pip/npm behind a TLS-inspecting proxy. A server ignores it
+    (its operator decides with ``--host-ca``)."""
+
+    @field_validator("host_ca", mode="before")
+    @classmethod
+    def _host_ca(cls, v: Any) -> Any:
+        if v is not None and not isinstance(v, bool):  # a path here would let a file name a host file
+            _fail(f"must be true or false (got {v!r})", "write host_ca: true (the bundle is MSB_HOST_CA, "
+                  "else /etc/ssl/certs/ca-certificates.crt)")  # fmt: skip
+        return v
 
     def unknown_keys(self) -> list[str]:
         return sorted((self.model_extra or {}).keys())

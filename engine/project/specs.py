@@ -18,6 +18,8 @@ from typing import Any
 from engine.errors import ConfigError
 from engine.images.rootfs import ImageDefaults
 from engine.project.schema import SandboxEntry, SyntaxProblem, split_env, split_port, split_volume
+from engine.sandbox.host_ca import GUEST_DIR as HOST_CA_DIR
+from engine.sandbox.host_ca import default_bundle, host_ca_env, stage_bundle
 from engine.sandbox.spec import PortMap, VolumeMount
 from engine.vm.safepath import first_symlink, open_beneath
 
@@ -147,8 +149,14 @@ def spec_overrides(entry: SandboxEntry, base_dir: Path, *, confine: bool = False
     ports = [parse_port(p) for p in entry.ports]
     _unique("volume", [v.guest for v in volumes], entry.volumes)
     _unique("port", [(p.host_ip, p.host_port, p.protocol) for p in ports], entry.ports)
+    env = parse_envs(entry.envs)
+    if entry.host_ca and not confine:  # the server's operator decides host CA trust, not a namespace's file
+        if HOST_CA_DIR in (v.guest.rstrip("/") for v in volumes):
+            raise ConfigError(f"a volume at {HOST_CA_DIR} clashes with host_ca: true", hint="mount it elsewhere")
+        volumes.append(VolumeMount(host=stage_bundle(default_bundle()), guest=HOST_CA_DIR, readonly=True))
+        env = {**host_ca_env(), **env}
     return {
-        "env": parse_envs(entry.envs),
+        "env": env,
         "workdir": entry.workdir,
         "cpus": entry.cpus,
         "memory_mib": entry.memory or DEFAULT_MEMORY_MIB,
