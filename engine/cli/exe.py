@@ -18,6 +18,7 @@ from engine.cli.common import (
     fail,
     parse_env_options,
 )
+from engine.cli.host_ca import bare_host_ca, host_ca_option, host_ca_path
 from engine.errors import MsbError
 from engine.vm.accel import TCG_WARNING
 
@@ -30,7 +31,7 @@ class _ExeCommand(click.Command):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta[AFTER_DASHDASH] = len(args) - args.index("--") - 1 if "--" in args else 0
-        return super().parse_args(ctx, args)
+        return super().parse_args(ctx, bare_host_ca(args))
 
 
 def split_image(ctx: click.Context, image: str | None, command: tuple[str, ...], image_opt: str | None,
@@ -78,11 +79,12 @@ def split_image(ctx: click.Context, image: str | None, command: tuple[str, ...],
 @click.option("--with-entrypoint", is_flag=True,
               help="COMMAND is arguments to the image's Entrypoint (as `docker run` does); used by `msb install`.")
 @click.option("-q", "--quiet", is_flag=True, envvar="MSB_QUIET", help="No notes on stderr (e.g. the TCG note).")
+@host_ca_option()
 @backend_option()
 def exe(image: str | None, command: tuple[str, ...], image_opt: str | None, cpus: int, memory: int,
         envs: tuple[str, ...], volumes: tuple[str, ...], ports: tuple[str, ...], scope: str, workdir: str | None,
         timeout: float | None, tty: bool | None, with_entrypoint: bool, quiet: bool,
-        backend: str | None) -> None:  # fmt: skip
+        backend: str | None, host_ca: str | None = None) -> None:  # fmt: skip
     """Run COMMAND in a throwaway sandbox booted from IMAGE (or --image IMAGE).
 
     IMAGE is an image reference (pulled if not in the store; its Env, WorkingDir, User
@@ -99,6 +101,7 @@ def exe(image: str | None, command: tuple[str, ...], image_opt: str | None, cpus
       msb exe -p 8000:8000 microsandbox/python -- python3 -m http.server 8000
       msb exe ./rootfs -- ls /
       msb exe --backend qemu busybox -- uname -r
+      msb exe --host-ca microsandbox/python -- pip install requests
     """
     from engine.project.specs import parse_port, parse_volume, refuse_writable_state
 
@@ -115,18 +118,21 @@ def exe(image: str | None, command: tuple[str, ...], image_opt: str | None, cpus
     options = {"cpus": cpus, "memory_mib": memory, "env": env, "workdir": workdir, "volumes": mounts,
                "ports": published, "network": scope}  # fmt: skip
     try:
-        code = asyncio.run(_exe(image, argv, options, timeout, tty, quiet, with_entrypoint, backend))
+        code = asyncio.run(_exe(image, argv, options, timeout, tty, quiet, with_entrypoint, backend,
+                                host_ca_path(host_ca)))  # fmt: skip
     except KeyboardInterrupt:  # the sandbox was killed and cleaned up on the way out
         code = EXIT_INTERRUPTED
     sys.exit(code)
 
 
 async def _exe(image: str, argv: list[str], options: dict[str, object], timeout: float | None, tty: bool | None,
-               quiet: bool, with_entrypoint: bool, backend: str | None = None) -> int:  # fmt: skip
+               quiet: bool, with_entrypoint: bool, backend: str | None = None,
+               host_ca: Path | None = None) -> int:  # fmt: skip
     from engine.cli.progress import BarProgress
     from engine.cli.terminal import attach, raw_terminal, terminal_size
     from engine.images.resolve import resolve_root
     from engine.sandbox.engine import Engine
+    from engine.sandbox.host_ca import with_host_ca
 
     interactive = sys.stdin.isatty() and sys.stdout.isatty() if tty is None else tty
     cancel_on_hangup()
@@ -146,6 +152,8 @@ async def _exe(image: str, argv: list[str], options: dict[str, object], timeout:
         click.echo(f"msb: error: {exc}", err=True)
         return 2
     try:
+        if host_ca is not None:
+            spec = with_host_ca(spec, host_ca)
         sandbox = await engine.start(spec)
     except MsbError as exc:
         return fail(exc)
