@@ -13,6 +13,7 @@ import click
 import httpx
 
 from engine.cli.common import backend_option, check_backend, echo_error, fail
+from engine.cli.host_ca import host_ca_option, host_ca_path
 from engine.errors import ConfigError, MsbError
 from engine.server.settings import LOG_LEVELS, Limits, ServerSettings, parse_pools
 
@@ -102,11 +103,12 @@ def apply_tenant_options(settings: ServerSettings, tenant: dict[str, Any]) -> No
 @click.option("--allowed-origin", "allowed_origins", multiple=True, metavar="SCHEME://HOST[:PORT]",
               help="Web origin allowed to call from a browser; repeatable, '*' allows any; replaces "
                    "MSB_ALLOWED_ORIGINS.")  # fmt: skip
+@host_ca_option()
 @tenant_options
 def start(host: str | None, port: int | None, dev: bool | None, key: str | None, api_key: str | None,
           storage: Path | None, log_level: str | None, detach: bool, backend: str | None, pools: tuple[str, ...],
           pool_max_mib: float | None, allowed_hosts: tuple[str, ...], allowed_origins: tuple[str, ...],
-          **tenant: Any) -> None:  # fmt: skip
+          host_ca: str | None = None, **tenant: Any) -> None:  # fmt: skip
     """Start the server (foreground unless --detach). It runs all its sandboxes on one
     backend, chosen here and logged with what isolates them."""
     from engine.server.main import read_pid, serve
@@ -116,7 +118,8 @@ def start(host: str | None, port: int | None, dev: bool | None, key: str | None,
                                            storage=storage, log_level=log_level, backend=backend,
                                            pools=parse_pools(pools) if pools else None,
                                            pool_max_mib=pool_max_mib, allowed_hosts=list(allowed_hosts) or None,
-                                           allowed_origins=list(allowed_origins) or None)  # fmt: skip
+                                           allowed_origins=list(allowed_origins) or None,
+                                           host_ca=host_ca_path(host_ca))  # fmt: skip
         apply_tenant_options(settings, tenant)
         _check_static_key(settings)
     except ConfigError as exc:

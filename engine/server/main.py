@@ -114,7 +114,7 @@ def serve(settings: ServerSettings) -> None:
     asyncio.run(Engine(backend=settings.backend).prepare())
     manager = SandboxManager(settings.storage, settings.limits, engine=Engine(backend=settings.backend),
                              pools=settings.pools, pool_max_mib=settings.pool_max_mib,
-                             policy=tenant_policy(settings))  # fmt: skip
+                             policy=tenant_policy(settings), host_ca=settings.host_ca)  # fmt: skip
     failed: list[MsbError] = []
 
     async def startup() -> None:

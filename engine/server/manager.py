@@ -27,6 +27,7 @@ from engine.project.specs import spec_overrides
 from engine.repl.models import CommandResult, ReplResult
 from engine.repl.pool import ReplPool
 from engine.sandbox.engine import Engine
+from engine.sandbox.host_ca import with_host_ca
 from engine.sandbox.instant import StartKind
 from engine.sandbox.sandbox import Sandbox, Status
 from engine.sandbox.spec import NAME_PATTERN
@@ -73,7 +74,7 @@ class SandboxManager:
 
     def __init__(self, storage: Path, limits: Limits | None = None, *, engine: Engine | None = None,
                  pools: list[PoolSetting] | None = None, pool_max_mib: float | None = None,
-                 policy: TenantPolicy | None = None) -> None:  # fmt: skip
+                 policy: TenantPolicy | None = None, host_ca: Path | None = None) -> None:  # fmt: skip
         """Args:
         storage: the state directory (:mod:`engine.server.state`); one of the old layout is
             migrated here, once.
@@ -82,11 +83,13 @@ class SandboxManager:
         pools: warm pools of ephemeral sandboxes, filled from :meth:`prepare` on.
         pool_max_mib: bound of all pool members' memory (default: WarmPool's).
         policy: the operator's allowances for API clients (directory images, public ports).
+        host_ca: the operator's host CA bundle, given read-only to every sandbox (engine/sandbox/host_ca.py).
         """
         self.state = ServerState(storage)
         self.migration_refused = migrate_legacy(self.state)
         self.limits = limits or Limits()
         self.policy = policy or TenantPolicy()
+        self.host_ca = host_ca
         self.quotas = Quotas(self.limits)
         self.engine = engine or Engine()
         self.pools = ServerPools(self.engine, pools or [], max_mib=pool_max_mib)
@@ -160,6 +163,8 @@ class SandboxManager:
             self._check_disk("persistent layer", persist, self.limits.max_disk_mib)
         root = await resolve_root(str(image_dir) if image_dir else entry.image, policy=self.policy.pull)
         spec = root.spec(name, persist_dir=persist, disk_mib=self.limits.max_disk_mib, **overrides)
+        if self.host_ca is not None:  # the operator's bundle; a client's volumes never reach GUEST_DIR's host side
+            spec = with_host_ca(spec, self.host_ca, self.state.storage / "host-ca")
         limit = self.limits.max_execs_per_sandbox
         taken = await self.pools.take(spec) if ephemeral else None
         if taken is not None:

@@ -130,6 +130,10 @@ class ServerSettings(BaseModel):
     allowed_registries: list[str] = Field(default_factory=list)
     """Registry hosts (``host[:port]``) such pulls may reach although they resolve to loopback,
     private or link-local addresses (``--allow-registry``, ``MSB_ALLOWED_REGISTRIES``)."""
+    host_ca: Path | None = None
+    """The host CA bundle every sandbox of this server gets read-only, with SSL_CERT_FILE, PIP_CERT …
+    naming it (``--host-ca[=PATH]``, ``MSB_HOST_CA``; engine/sandbox/host_ca.py). The operator's
+    choice for all sandboxes: no API client names a host file."""
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -184,6 +188,8 @@ class ServerSettings(BaseModel):
                 env[field] = [i.strip() for i in os.environ[var].split(",") if i.strip()]
         if _flag_var("MSB_TENANT_REGISTRY_CREDENTIALS"):  # "false" means false
             env["tenant_registry_credentials"] = True
+        if os.environ.get("MSB_HOST_CA", "").strip():
+            env["host_ca"] = Path(os.environ["MSB_HOST_CA"].strip())
         if os.environ.get("MSB_ALLOWED_REGISTRIES", "").strip():
             env["allowed_registries"] = [i.strip() for i in os.environ["MSB_ALLOWED_REGISTRIES"].split(",")
                                          if i.strip()]  # fmt: skip
@@ -194,6 +200,10 @@ class ServerSettings(BaseModel):
             raise ConfigError(_first_problem(exc), hint="see `msb server start --help` and docs/server.md") from None
         settings.check_web_safety()
         settings.pull_policy()  # a malformed --allow-registry fails at start
+        if settings.host_ca is not None:  # a missing or unsuitable bundle fails at start, not at a client's
+            from engine.sandbox.host_ca import read_bundle
+
+            read_bundle(settings.host_ca)
         return settings
 
     def pull_policy(self) -> PullPolicy:
