@@ -7,12 +7,14 @@ import contextlib
 import enum
 import logging
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 
+from engine.cachebound import Leases
 from engine.errors import SandboxStateError, VmCrashedError
 from engine.sandbox.instant import StartInfo
 from engine.sandbox.metrics import Metrics, MetricsTracker, process_rss_mib
@@ -31,6 +33,18 @@ class Status(enum.StrEnum):
     STOPPING = "stopping"
     STOPPED = "stopped"
     CRASHED = "crashed"
+
+
+def exit_reason(code: int) -> str:
+    """The words for a VMM's exit status (negative: the signal that killed it)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "an unknown signal"
+        why = " (by hand, or by the host's OOM killer at its cgroup's memory limit)" if code == -signal.SIGKILL else ""
+        return f"the VM was killed by signal {-code} ({name}){why}"
+    return f"the VM exited (status {code})"
 
 
 class Sandbox:
@@ -66,7 +80,11 @@ class Sandbox:
         self.ready = ready
         self.started_at = time.time()
         self._status = Status.RUNNING
+        self.crash_reason: str | None = None
+        """Why it crashed (``the VM was killed by signal 9 (SIGKILL)`` …), once it has."""
         self._metrics = MetricsTracker()
+        self.leases = Leases()
+        """Cache entries it runs from, kept from eviction until it stops (engine/cachebound.py)."""
         client.set_on_dead(self._channel_died)
         self._watcher = asyncio.create_task(self._watch(), name=f"watch-{spec.name}")
 
@@ -95,15 +113,24 @@ class Sandbox:
     def _channel_died(self) -> VmCrashedError:
         if self._status is Status.RUNNING:
             self._status = Status.CRASHED
+            self.crash_reason = "the guest's channel closed"
         return self.crash_error("the guest's channel closed")
 
     async def _watch(self) -> None:
         code = await self.vm.wait_exited()
         if self._status is Status.RUNNING:
             self._status = Status.CRASHED
-            log.warning("sandbox %s: VM exited with %s while running", self.name, code)
-            self.client._fail(self.crash_error(f"the VM exited (status {code})"))
+            self.crash_reason = exit_reason(code)
+            log.warning("sandbox %s: %s while running", self.name, self.crash_reason)
+            self.client._fail(self.crash_error(self.crash_reason))
             await self.client.close()
+
+    async def wait_ended(self) -> Status:
+        """Wait until the VM has exited (stopped, killed or crashed). Returns the status then
+        (:attr:`crash_reason` says why when it is ``crashed``)."""
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._watcher)
+        return self._status
 
     def _need_running(self) -> None:
         if self._status is Status.CRASHED:
@@ -257,6 +284,7 @@ class Sandbox:
         await self.client.close()
         if self._status is not Status.CRASHED:
             self._status = Status.STOPPED
+        self.leases.release()  # after the VM is gone: nothing reads the entries any more
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     async def __aenter__(self) -> Sandbox:

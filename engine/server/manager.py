@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
-from engine.errors import ConfigError, NotFoundError, SandboxStateError
+from engine.errors import ConfigError, NotFoundError, SandboxStateError, VmCrashedError
 from engine.images.resolve import resolve_root
 from engine.project.sandboxfile import SandboxEntry, entry_from_dict
 from engine.project.specs import spec_overrides
@@ -94,6 +96,9 @@ class SandboxManager:
         self.engine = engine or Engine()
         self.pools = ServerPools(self.engine, pools or [], max_mib=pool_max_mib)
         self._running: dict[tuple[str, str], _Running] = {}
+        self._crashed: dict[tuple[str, str], str] = {}
+        """Sandboxes whose VM died under them, with why, until they are started or stopped again."""
+        self._watches: set[asyncio.Task[None]] = set()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     # --- helpers -------------------------------------------------------------------------
@@ -110,14 +115,41 @@ class SandboxManager:
         check_name("namespace", namespace)
         check_name("sandbox", name)
         run = self._running.get((namespace, name))
+        if run is not None and run.sandbox.status is not Status.RUNNING:
+            self._ended((namespace, name), run)
+            if not run.sandbox.crashed:
+                raise SandboxStateError(f"sandbox {name!r} is {run.sandbox.status.value}",
+                                        hint="start it again with sandbox.start")  # fmt: skip
+            run = None
         if run is None:
+            reason = self._crashed.get((namespace, name))
+            if reason is not None:
+                raise VmCrashedError(f"sandbox {name!r} crashed: {reason}",
+                                     hint="start it again with sandbox.start (its files on disk are kept)")  # fmt: skip
             raise NotFoundError(f"Invalid params: Sandbox '{name}' not found",
                                 hint=f"start it first (sandbox.start) in namespace {namespace!r}")  # fmt: skip
-        if run.sandbox.status is not Status.RUNNING:
-            self._forget(namespace, name)
-            raise SandboxStateError(f"sandbox {name!r} is {run.sandbox.status.value}",
-                                    hint="start it again with sandbox.start")  # fmt: skip
         return run
+
+    def _ended(self, key: tuple[str, str], run: _Running) -> None:
+        """Book a sandbox whose VM is gone: a crash is remembered with its reason, its host side
+        is torn down (run directory, cgroup, mounts) and its quota released."""
+        if self._running.get(key) is not run:
+            return
+        self._forget(*key)
+        if run.sandbox.crashed:
+            self._crashed[key] = run.sandbox.crash_reason or "the VM exited"
+            log.warning("sandbox crashed", extra={"namespace": key[0], "sandbox": key[1], "reason": self._crashed[key]})
+            self._spawn(self._stop_quietly(run))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._watches.add(task)  # a reference until done: the loop keeps only weak ones
+        task.add_done_callback(self._watches.discard)
+
+    async def _watch(self, key: tuple[str, str], run: _Running) -> None:
+        """Notice a crash when it happens, not at the next request."""
+        await run.sandbox.wait_ended()
+        self._ended(key, run)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -143,6 +175,8 @@ class SandboxManager:
             if not ephemeral:
                 self.state.save(namespace, name, entry)
             self._running[key] = run
+            self._crashed.pop(key, None)
+            self._spawn(self._watch(key, run))
             log.info("sandbox started", extra={"namespace": namespace, "sandbox": name, "image": entry.image,
                                                "ephemeral": ephemeral, "started_by": run.started_by,
                                                "start_ms": run.start_ms})  # fmt: skip
@@ -200,6 +234,8 @@ class SandboxManager:
         return found
 
     async def stop(self, namespace: str, name: str) -> str:
+        if self._crashed.pop((namespace, name), None) is not None and (namespace, name) not in self._running:
+            return f"Sandbox {name} stopped successfully"  # its host side went when it crashed
         run = self._get(namespace, name)
         async with self._lock((namespace, name)):
             try:
@@ -286,9 +322,11 @@ class SandboxManager:
         out = []
         for ns, n in keys:
             run = self._running.get((ns, n))
+            if run is not None and run.sandbox.status is not Status.RUNNING:
+                self._ended((ns, n), run)
             if run is None or run.sandbox.status is not Status.RUNNING:
                 out.append(SandboxMetrics(namespace=ns, name=n, running=False, cpu_usage=None, memory_usage=None,
-                                          disk_usage=None))  # fmt: skip
+                                          disk_usage=None, crash_reason=self._crashed.get((ns, n))))  # fmt: skip
                 continue
             m = await run.sandbox.metrics()
             out.append(SandboxMetrics(namespace=ns, name=n, running=True, cpu_usage=round(m.cpu_percent, 2),
@@ -299,7 +337,7 @@ class SandboxManager:
 
     def _known(self, namespace: str) -> list[tuple[str, str]]:
         """Sandboxes running or defined, of one namespace or all."""
-        keys = {k for k in self._running if namespace in ("*", k[0])}
+        keys = {k for k in [*self._running, *self._crashed] if namespace in ("*", k[0])}
         keys.update(self.state.names(None if namespace == "*" else namespace))
         return sorted(keys)
 
@@ -312,12 +350,13 @@ class SandboxManager:
             if image is None:
                 entry = self.state.load(ns, n)
                 image = entry.image if entry else None
-            status = run.sandbox.status.value if run else "stopped"
+            status = run.sandbox.status.value if run else "crashed" if (ns, n) in self._crashed else "stopped"
             backend, accel = (run.sandbox.backend, run.sandbox.accel) if run and running else (None, None)
             live = run if run and running else None
             out.append(SandboxInfo(namespace=ns, name=n, running=running, image=image, status=status,
                                    backend=backend, accel=accel, started_by=live.started_by if live else None,
-                                   start_ms=live.start_ms if live else None))  # fmt: skip
+                                   start_ms=live.start_ms if live else None,
+                                   crash_reason=self._crashed.get((ns, n))))  # fmt: skip
         return out
 
     async def read_file(self, namespace: str, name: str, path: str) -> bytes:

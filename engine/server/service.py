@@ -55,6 +55,9 @@ class SandboxMetrics(BaseModel):
     snapshot) or ``boot``; None when stopped."""
     start_ms: float | None = None
     """Our addition: milliseconds from the start request to ready; None when stopped."""
+    crash_reason: str | None = None
+    """Our addition: why its VM died under it (``the VM was killed by signal 9 (SIGKILL) …``),
+    until it is started or stopped again; None otherwise."""
 
 
 class SandboxInfo(BaseModel):
@@ -71,6 +74,8 @@ class SandboxInfo(BaseModel):
     """``pool``, ``restore`` or ``boot`` while running."""
     start_ms: float | None = None
     """Milliseconds from the start request to ready, while running."""
+    crash_reason: str | None = None
+    """Why its VM died under it (``status`` is then ``crashed``), until it is started or stopped again."""
 
 
 class ServerInfo(BaseModel):

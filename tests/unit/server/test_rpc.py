@@ -172,7 +172,7 @@ async def test_the_backend_is_reported_as_additions(tmp_path: Path) -> None:
         r = await c.post(URL, json=call("sandbox.metrics.get", {"namespace": "team"}))
         [m] = r.json()["result"]["sandboxes"]
         assert set(m) == {"namespace", "name", "running", "cpu_usage", "memory_usage", "disk_usage", "backend", "accel",
-                          "started_by", "start_ms"}  # fmt: skip
+                          "started_by", "start_ms", "crash_reason"}  # fmt: skip
         assert (m["backend"], m["accel"], m["started_by"]) == ("gvisor", "none", "boot")
 
 
