@@ -40,8 +40,18 @@ def netfilter_path() -> Path:
     return Path(env) if env else cache_dir() / "netfilter" / "msb-netfilter.so"
 
 
-def new_run_dir(name: str) -> Path:
+def runtime_dir() -> Path:
+    """Where run directories go: ``XDG_RUNTIME_DIR``, else the temporary directory."""
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+
+
+def new_run_dir(name: str, base: Path | None = None) -> Path:
     """A fresh private directory for one VM's sockets and console (short path: unix sockets
-    are limited to 107 bytes)."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return Path(tempfile.mkdtemp(prefix=f"msb-{name[:16]}-", dir=base))
+    are limited to 107 bytes).
+
+    Args:
+        name: the VM's name (its first 16 characters name the directory).
+        base: the directory to make it in (a server's own, so that its next start finds what a
+            crash left: engine/server/reclaim.py); default :func:`runtime_dir`.
+    """
+    return Path(tempfile.mkdtemp(prefix=f"msb-{name[:16]}-", dir=base or runtime_dir()))

@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from engine import paths
+from engine.cachebound import Leases, lease_paths
 from engine.errors import ConfigError, KernelError, VmError
 from engine.sandbox.bootparts import DIR_UPPER, boot_error, check_layer_format
 from engine.sandbox.instant import Fallback, Restorer, StartInfo, StartKind, templates_enabled
@@ -61,6 +62,7 @@ class Engine:
         kernel: Kernel | None = None,
         machine: str | None = None,
         templates: bool | None = None,
+        run_base: Path | None = None,
     ) -> None:
         """Args:
         backend: a backend, or a name (``auto``, ``qemu``, ``gvisor``, ``krun``); default
@@ -71,6 +73,8 @@ class Engine:
         machine: ``"microvm"`` or ``"q35"`` (default ``MSB_MACHINE`` or microvm).
         templates: restore QEMU sandboxes from saved templates instead of booting them
             (default on unless ``MSB_TEMPLATES=0``; engine/sandbox/instant.py).
+        run_base: where sandboxes' run directories go (a server's own directory, which its next
+            start reclaims after a crash: engine/server/reclaim.py); default the runtime directory.
         """
         self._backend: VmBackend | None = None if isinstance(backend, str) else backend
         self._backend_name = backend if isinstance(backend, str) else None
@@ -85,6 +89,7 @@ class Engine:
         self._assets: Assets | None = None
         self._lock = asyncio.Lock()
         self._templates = templates
+        self.run_base = run_base
         self._restorer: Restorer | None = None
 
     @property
@@ -174,11 +179,22 @@ class Engine:
     async def start(self, spec: SandboxSpec) -> Sandbox:
         """Boot a sandbox and return it once its agent is ready.
 
+        The sandbox holds leases on the cache entries it runs from (its template, its root
+        filesystem: engine/cachebound.py) until it stops, so they are never evicted under it.
+
         Raises:
             ConfigError: the spec's rootfs is not usable.
             BootError: the guest did not come up (console tail and a hint inside).
             VmError, KernelError, AgentError: see their messages.
         """
+        leases = Leases()
+        try:
+            return await self._start(spec, leases)
+        except BaseException:
+            leases.release()
+            raise
+
+    async def _start(self, spec: SandboxSpec, leases: Leases) -> Sandbox:
         t0 = time.perf_counter()
         assets = await self.prepare()
         follow = await self._follow_layer(spec)
@@ -186,7 +202,8 @@ class Engine:
             return await follow.start(spec)
         self._check_volumes(spec, assets.kernel)
         root, upper = await self._disks(spec)
-        run_dir = paths.new_run_dir(spec.name)
+        lease_paths(self.cache_dir, [root], leases)
+        run_dir = paths.new_run_dir(spec.name, self.run_base)
         vm_spec = VmSpec(
             name=spec.name, kernel=assets.kernel.path, initrd=assets.initrd, root_image=root,
             upper_image=upper, cpus=spec.cpus, memory_mib=spec.memory_mib, accel=assets.accel.accel,
@@ -205,7 +222,7 @@ class Engine:
             return await (await self._fallback_engine()).start(spec)
         sandbox_id = uuid.uuid4().hex[:16]
         try:
-            started = await self._restore(vm_spec, spec)
+            started = await self._restore(vm_spec, spec, leases)
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
@@ -228,17 +245,20 @@ class Engine:
         info = StartInfo(kind=kind, ms=boot_s * 1000, detail=detail)
         sandbox = Sandbox(spec, vm, client, run_dir, accel=assets.accel.accel, boot_s=boot_s, ready=ready,
                           backend=self.backend.name, start=info, sandbox_id=sandbox_id)  # fmt: skip
+        sandbox.leases = leases
         log.info("sandbox %s ready in %.0f ms by %s (%s, %s)%s", spec.name, boot_s * 1000, kind, self.backend.name,
                  assets.accel.accel, f"; {detail}" if detail else "")  # fmt: skip
         return sandbox
 
-    async def _restore(self, vm_spec: VmSpec, spec: SandboxSpec) -> tuple[VmHandle, AgentClient, Ready, str] | Fallback:
+    async def _restore(
+        self, vm_spec: VmSpec, spec: SandboxSpec, leases: Leases
+    ) -> tuple[VmHandle, AgentClient, Ready, str] | Fallback:
         """Start ``vm_spec`` from its template, or say why to boot it instead."""
         if not templates_enabled(self._templates) or self.backend.name != "qemu":
             return Fallback("")
         if self._restorer is None:
             self._restorer = Restorer(self.backend, TemplateStore(self.cache_dir))
-        return await self._restorer.try_start(vm_spec, spec.boot_timeout_s)
+        return await self._restorer.try_start(vm_spec, spec.boot_timeout_s, leases)
 
     async def _follow_layer(self, spec: SandboxSpec) -> Engine | None:
         """For ``auto``: the engine of the backend kind a persistent sandbox's files are in,
@@ -260,7 +280,7 @@ class Engine:
                 backend, verdict = await choose_backend("auto", self.cache_dir, exclude=("qemu",))
             log.info("sandbox %s: its files are in %s's format, so it runs there", spec.name, backend.name)
             follower = Engine(backend, cache_dir=self.cache_dir, accel=self._accel, kernel=self._kernel,
-                              machine=self.machine)  # fmt: skip
+                              machine=self.machine, run_base=self.run_base)  # fmt: skip
             follower.backend_verdict = verdict
             self._followers[key] = follower
         return self._followers[key]
@@ -275,7 +295,7 @@ class Engine:
             backend, verdict = await choose_backend("auto", self.cache_dir, exclude=(self.backend.name,))
             log.info("backend %s cannot honour some sandboxes; those run on %s", self.backend.name, backend.name)
             fallback = Engine(backend, cache_dir=self.cache_dir, accel=self._accel, kernel=self._kernel,
-                              machine=self.machine)  # fmt: skip
+                              machine=self.machine, run_base=self.run_base)  # fmt: skip
             fallback.backend_verdict = verdict
             self._fallback = fallback
         return self._fallback

@@ -36,15 +36,15 @@ class Status(enum.StrEnum):
 
 
 def exit_reason(code: int) -> str:
-    """The words for a VMM's exit status (negative: the signal that killed it)."""
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = "an unknown signal"
-        why = " (by hand, or by the host's OOM killer at its cgroup's memory limit)" if code == -signal.SIGKILL else ""
-        return f"the VM was killed by signal {-code} ({name}){why}"
-    return f"the VM exited (status {code})"
+    """The words for a VMM's exit status: negative, the signal that killed it; 128 + n, what
+    runsc (and a shell) report when signal n killed the process they ran."""
+    signo = -code if code < 0 else code - 128 if 128 < code < 128 + 65 else 0
+    try:
+        name = signal.Signals(signo).name
+    except ValueError:
+        return f"the VM exited (status {code})"
+    why = " (by hand, or by the host's OOM killer at its cgroup's memory limit)" if signo == signal.SIGKILL else ""
+    return f"the VM was killed by signal {signo} ({name}){why}"
 
 
 class Sandbox:
@@ -118,6 +118,8 @@ class Sandbox:
 
     async def _watch(self) -> None:
         code = await self.vm.wait_exited()
+        if self._status is Status.CRASHED:  # the channel closed first: the VMM's end says more
+            self.crash_reason = f"{exit_reason(code)}; {self.crash_reason}"
         if self._status is Status.RUNNING:
             self._status = Status.CRASHED
             self.crash_reason = exit_reason(code)

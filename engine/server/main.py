@@ -19,6 +19,7 @@ from engine.sandbox.engine import Engine
 from engine.server.app import build_app
 from engine.server.auth import PREFIX, check_static_key, load_secret
 from engine.server.manager import SandboxManager
+from engine.server.reclaim import lock_state, reclaim, run_base
 from engine.server.settings import ServerSettings
 from engine.server.tenancy import TenantPolicy
 
@@ -112,7 +113,11 @@ def serve(settings: ServerSettings) -> None:
     # Choose the backend before uvicorn runs: its failed startup is a traceback and exit 3, while
     # this is the probe's reason with a hint (the manager's engine then finds the verdicts cached).
     asyncio.run(Engine(backend=settings.backend).prepare())
-    manager = SandboxManager(settings.storage, settings.limits, engine=Engine(backend=settings.backend),
+    lock_state(settings.storage)  # held (fd kept open) until exit: what is in the run base is a dead server's
+    base = run_base(settings.storage)
+    reclaim(base)  # clean up, not adopt: docs/reliability.md
+    engine = Engine(backend=settings.backend, run_base=base)
+    manager = SandboxManager(settings.storage, settings.limits, engine=engine,
                              pools=settings.pools, pool_max_mib=settings.pool_max_mib,
                              policy=tenant_policy(settings), host_ca=settings.host_ca)  # fmt: skip
     failed: list[MsbError] = []

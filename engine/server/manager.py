@@ -96,7 +96,7 @@ class SandboxManager:
         self.engine = engine or Engine()
         self.pools = ServerPools(self.engine, pools or [], max_mib=pool_max_mib)
         self._running: dict[tuple[str, str], _Running] = {}
-        self._crashed: dict[tuple[str, str], str] = {}
+        self._crashed: dict[tuple[str, str], Sandbox] = {}
         """Sandboxes whose VM died under them, with why, until they are started or stopped again."""
         self._watches: set[asyncio.Task[None]] = set()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -122,7 +122,7 @@ class SandboxManager:
                                         hint="start it again with sandbox.start")  # fmt: skip
             run = None
         if run is None:
-            reason = self._crashed.get((namespace, name))
+            reason = self._crash_reason((namespace, name))
             if reason is not None:
                 raise VmCrashedError(f"sandbox {name!r} crashed: {reason}",
                                      hint="start it again with sandbox.start (its files on disk are kept)")  # fmt: skip
@@ -137,9 +137,14 @@ class SandboxManager:
             return
         self._forget(*key)
         if run.sandbox.crashed:
-            self._crashed[key] = run.sandbox.crash_reason or "the VM exited"
-            log.warning("sandbox crashed", extra={"namespace": key[0], "sandbox": key[1], "reason": self._crashed[key]})
+            self._crashed[key] = run.sandbox  # its reason may still grow (the VMM's exit after the channel's end)
+            log.warning("sandbox crashed", extra={"namespace": key[0], "sandbox": key[1],
+                                                  "reason": run.sandbox.crash_reason})  # fmt: skip
             self._spawn(self._stop_quietly(run))
+
+    def _crash_reason(self, key: tuple[str, str]) -> str | None:
+        crashed = self._crashed.get(key)
+        return None if crashed is None else crashed.crash_reason or "the VM exited"
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -326,7 +331,7 @@ class SandboxManager:
                 self._ended((ns, n), run)
             if run is None or run.sandbox.status is not Status.RUNNING:
                 out.append(SandboxMetrics(namespace=ns, name=n, running=False, cpu_usage=None, memory_usage=None,
-                                          disk_usage=None, crash_reason=self._crashed.get((ns, n))))  # fmt: skip
+                                          disk_usage=None, crash_reason=self._crash_reason((ns, n))))  # fmt: skip
                 continue
             m = await run.sandbox.metrics()
             out.append(SandboxMetrics(namespace=ns, name=n, running=True, cpu_usage=round(m.cpu_percent, 2),
@@ -356,7 +361,7 @@ class SandboxManager:
             out.append(SandboxInfo(namespace=ns, name=n, running=running, image=image, status=status,
                                    backend=backend, accel=accel, started_by=live.started_by if live else None,
                                    start_ms=live.start_ms if live else None,
-                                   crash_reason=self._crashed.get((ns, n))))  # fmt: skip
+                                   crash_reason=self._crash_reason((ns, n))))  # fmt: skip
         return out
 
     async def read_file(self, namespace: str, name: str, path: str) -> bytes:

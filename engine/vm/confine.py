@@ -120,6 +120,18 @@ def cgroup_name(name: str, run_dir: Path) -> str:
     return f"{safe}-{hashlib.sha256(str(run_dir).encode()).hexdigest()[:10]}"
 
 
+def cgroups_of(run_dir: Path) -> list[SandboxCgroup]:
+    """The cgroups :func:`cgroup_name` made for VMs whose private directory is ``run_dir``
+    (found by the name's suffix, for a server that reclaims what a crashed one left)."""
+    hier = _hierarchy()
+    if hier is None:
+        return []
+    version, parents = hier
+    suffix = "-" + hashlib.sha256(str(run_dir).encode()).hexdigest()[:10]
+    names = sorted({d.name for p in parents if p.is_dir() for d in p.iterdir() if d.name.endswith(suffix)})
+    return [SandboxCgroup(version, [p / n for p in parents]) for n in names]
+
+
 def _own_v1_path(controller: str) -> str:
     """msb's own cgroup path in a v1 hierarchy (``/`` if unknown)."""
     with contextlib.suppress(OSError):

@@ -1,0 +1,204 @@
+"""Faults a real server survives (docs/reliability.md), on every backend that works here:
+what the user sees and what is left behind on the host.
+
+Each test uses the black-box harness (tests/security/server_proc.py): a real ``msb server
+start`` process on a fresh state directory. "Left behind" is checked in the server's own run
+base (engine/server/reclaim.py): live processes naming it, mounts below it, cgroups of its run
+directories, the run directories themselves. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from engine.server.reclaim import mounts_below, run_base
+from engine.vm import confine
+from tests.security import server_proc as sp
+from tests.security.server_proc import ServerProc
+
+BACKENDS = ("gvisor", "qemu")
+NS = "f"
+WAIT_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def busybox() -> str:
+    return sp.busybox_image()
+
+
+def serve(base: Path, backend: str, **env: str) -> ServerProc:
+    return sp.start(base / "state", base / "server.log", "--backend", backend, env=env)
+
+
+def wait_for(pred: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
+    """Poll ``pred`` until it is truthy (bounded); its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)  # polling host state (proc, mounts): nothing to wait on
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def live_naming(text: str) -> list[str]:
+    """Live (not zombie) processes whose command line holds ``text``: "pid cmdline"."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry.name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text in cmd and state != "Z" and int(entry.name) != os.getpid():
+            found.append(f"{entry.name} {cmd[:200]}")
+    return found
+
+
+def leftovers(run_dirs: list[Path]) -> dict[str, list[str]]:
+    """What the sandboxes of ``run_dirs`` left on the host: live processes naming their run
+    directory, mounts below it, their cgroups, the directories."""
+    return {
+        "processes": [p for rd in run_dirs for p in live_naming(f"{rd}/")],
+        "mounts": [str(m) for rd in run_dirs for m in mounts_below(rd)],
+        "cgroups": [str(d) for rd in run_dirs for cg in confine.cgroups_of(rd) for d in cg.dirs if d.exists()],
+        "run_dirs": [str(d) for d in run_dirs if d.exists()],
+    }
+
+
+def nothing_left(run_dirs: list[Path]) -> bool:
+    return not any(leftovers(run_dirs).values())
+
+
+def command(srv: ServerProc, key: str, name: str, script: str, timeout: float | None = None,
+            http_timeout: float = sp.RPC_TIMEOUT_S) -> dict[str, Any]:  # fmt: skip
+    params: dict[str, Any] = {"namespace": NS, "sandbox": name, "command": "sh", "args": ["-c", script]}
+    if timeout is not None:
+        params["timeout"] = timeout
+    return srv.rpc("sandbox.command.run", params, key, timeout=http_timeout)
+
+
+def in_background(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except Exception as exc:  # noqa: BLE001 - what the client saw is the result
+            out.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+@pytest.fixture
+def stopped() -> Iterator[list[ServerProc]]:
+    """Servers to stop at the end, whatever happened."""
+    servers: list[ServerProc] = []
+    yield servers
+    for srv in servers:
+        sp.stop(srv)
+
+
+# --- 1. kill -9 of the server mid-execution, then a restart ----------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_server_killed_mid_execution_restart_cleans_up_and_keeps_files(
+    backend: str, tmp_path: Path, busybox: str, stopped: list[ServerProc]
+) -> None:
+    """The client sees its connection drop; the next server of the same state removes every
+    process, mount, cgroup and run directory the dead one left, and the persistent sandbox
+    starts again with its files."""
+    srv = serve(tmp_path, backend)
+    stopped.append(srv)
+    key = srv.keygen(NS)
+    base = run_base(srv.state)
+    for name in ("keep", "busy"):
+        assert "result" in sp.sandbox_start(srv, key, NS, name, image=busybox, memory=256)
+    assert sp.sh(srv, key, NS, "keep", "echo precious > /root/data && sync")["exit_code"] == 0
+    thread, seen = in_background(lambda: command(srv, key, "busy", "touch /tmp/go; sleep 60", http_timeout=90))
+    wait_for(lambda: sp.sh(srv, key, NS, "busy", "test -f /tmp/go && echo y")["stdout"] == "y\n", "the exec")
+    run_dirs = sorted(base.iterdir())
+    assert len(run_dirs) == 2, run_dirs
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait(timeout=10)
+    thread.join(timeout=10)
+    assert seen and isinstance(seen[0], httpx.TransportError), seen  # the user sees the connection drop
+    srv2 = serve(tmp_path, backend)
+    stopped.append(srv2)
+    assert leftovers(run_dirs) == {"processes": [], "mounts": [], "cgroups": [], "run_dirs": []}
+    assert list(base.iterdir()) == [] and live_naming(f"{base}/") == [] and mounts_below(base) == []
+    assert sp.running(srv2, key, NS) == []  # cleaned up, not adopted
+    assert "result" in srv2.rpc("sandbox.start", {"namespace": NS, "sandbox": "keep"}, key)
+    assert sp.sh(srv2, key, NS, "keep", "cat /root/data")["stdout"] == "precious\n"
+    run_dirs = sorted(base.iterdir())
+    sp.stop(srv2)
+    assert nothing_left(run_dirs) and list(base.iterdir()) == []  # a clean stop leaves nothing either
+
+
+# --- 2. kill -9 of one sandbox's VMM ----------------------------------------------------------
+
+VMM_ARGV0 = {"qemu": "qemu-system", "gvisor": "runsc-sandbox"}
+
+
+def vmm_pid(base: Path, name: str, backend: str) -> int:
+    """The VMM process of sandbox ``name`` (QEMU, or gVisor's Sentry), from its cgroup."""
+    [run_dir] = [d for d in base.iterdir() if d.name.startswith(f"msb-{name}-")]
+    pids = {p for cg in confine.cgroups_of(run_dir) for p in cg.pids()}
+    for pid in sorted(pids):
+        try:
+            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            continue
+        if VMM_ARGV0[backend] in argv0:
+            return pid
+    raise AssertionError(f"no {VMM_ARGV0[backend]} in the cgroup of {run_dir}: {pids}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_killed_vmm_is_reported_crashed_and_the_rest_keeps_serving(
+    backend: str, tmp_path: Path, busybox: str, stopped: list[ServerProc]
+) -> None:
+    srv = serve(tmp_path, backend)
+    stopped.append(srv)
+    key = srv.keygen(NS)
+    base = run_base(srv.state)
+    for name in ("victim", "other"):
+        assert "result" in sp.sandbox_start(srv, key, NS, name, image=busybox, memory=256)
+    [victim_dir] = [d for d in base.iterdir() if d.name.startswith("msb-victim-")]
+    os.kill(vmm_pid(base, "victim", backend), signal.SIGKILL)
+
+    def crashed() -> dict[str, Any] | None:
+        doc = srv.rpc("sandbox.metrics.get", {"namespace": NS, "sandbox": "victim"}, key)
+        [m] = doc["result"]["sandboxes"]
+        return m if m["crash_reason"] and "the VM" in m["crash_reason"] else None  # the VMM's end is in it
+
+    m = wait_for(crashed, "the crash to be reported")
+    assert not m["running"] and "killed by signal 9" in m["crash_reason"], m
+    doc = command(srv, key, "victim", "true")
+    assert doc["error"]["code"] == -32005 and "killed by signal 9" in doc["error"]["message"], doc
+    assert "sandbox.start" in doc["error"]["data"]["hint"]
+    assert sp.sh(srv, key, NS, "other", "echo alive")["stdout"] == "alive\n"
+    assert httpx.get(f"{srv.url}/api/v1/health", timeout=5).status_code == 200
+    wait_for(lambda: nothing_left([victim_dir]), "the victim's host side to go")
+    assert leftovers([victim_dir]) == {"processes": [], "mounts": [], "cgroups": [], "run_dirs": []}
+    assert "result" in srv.rpc("sandbox.start", {"namespace": NS, "sandbox": "victim"}, key)  # and it starts again
+    assert sp.sh(srv, key, NS, "victim", "echo back")["stdout"] == "back\n"
+
+
+def p50_ms(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1000, 1)
