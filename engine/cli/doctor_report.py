@@ -286,6 +286,21 @@ def templates_check(cache_dir: Path) -> Check:
                  "QEMU sandboxes restore from them (docs/instant.md)")  # fmt: skip
 
 
+def cache_checks(cache_dir: Path) -> list[Check]:
+    """Each bounded cache's size against its bound (engine/cachebound.py)."""
+    from engine.cachebound import all_caches
+
+    checks = []
+    for cache in all_caches(cache_dir):
+        u = cache.usage()
+        over = u.bytes > u.bound_bytes
+        detail = (f"{u.bytes / 2**20:.0f} MiB of {u.bound_bytes / 2**20:.0f} MiB, {u.entries} entries "
+                  f"({u.in_use} in use)")  # fmt: skip
+        checks.append(Check(name=f"cache: {u.name}", level="warn" if over else "ok", detail=detail,
+                            hint="`msb image prune` evicts the least recently used" if over else None))  # fmt: skip
+    return checks
+
+
 # ---------------------------------------------------------------------------------- next step
 
 
@@ -347,7 +362,8 @@ async def gather(cache_dir: Path | None = None) -> Report:
     else:
         isolation = select.isolation_of(name, default.accel)
     in_use = "none" if name is None else KERNEL_IN_USE.get(name, f"the guest kernel {kernel_text or '(missing)'}")
-    checks = [*tools, *kernel, agent, netfilter_check(), templates_check(cache_dir)]
+    caches = await asyncio.to_thread(cache_checks, cache_dir)
+    checks = [*tools, *kernel, agent, netfilter_check(), templates_check(cache_dir), *caches]
     return Report(
         backends=backends, checks=checks,
         default=default, backend=name,

@@ -247,15 +247,25 @@ def inspect(name: str) -> None:
 
 
 @image.command("prune")
-def prune() -> None:
-    """Delete blobs and built root filesystems that no image uses, and stale partial downloads."""
+@click.option("--all", "everything", is_flag=True,
+              help="Also remove every cached template and root filesystem no running sandbox uses.")
+def prune(everything: bool) -> None:
+    """Delete blobs and built root filesystems that no image uses, stale partial downloads, and
+    cached templates and root filesystems beyond their bounds (MSB_TEMPLATE_CACHE_MIB,
+    MSB_ROOTFS_CACHE_MIB; least recently used first). Entries a running sandbox uses stay."""
     from engine import paths
+    from engine.cachebound import all_caches
     from engine.images.rootfs import remove_unreferenced
 
     store = _store()
     removed, freed = store.prune()
-    roots = remove_unreferenced(store, paths.cache_dir())
-    click.echo(f"deleted {removed} blobs ({_human(freed)}) and {roots} root filesystems")
+    click.echo(f"deleted {removed} blobs ({_human(freed)})")
+    unref = remove_unreferenced(store, paths.cache_dir())
+    click.echo(f"deleted {len(unref.removed)} root filesystems of removed images ({_human(unref.freed_bytes)})")
+    for cache in all_caches(paths.cache_dir()):
+        out = cache.prune_all() if everything else cache.enforce()
+        kept = f"; {out.in_use} in use kept" if out.in_use else ""
+        click.echo(f"{cache.name}: deleted {len(out.removed)} ({_human(out.freed_bytes)}){kept}")
 
 
 @click.group()

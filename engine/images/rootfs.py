@@ -7,6 +7,10 @@ directory. A second sandbox from the same image finds ``.complete`` and starts a
 
 The cache root is private (0700): image trees hold setuid binaries owned by root, which other
 users of the host must not be able to reach.
+
+The cache is bounded (engine/cachebound.py): ``MSB_ROOTFS_CACHE_MIB`` (default 8192) for these
+trees and images together with the ext4 images of plain directories; after each build the
+least recently used go first, never one a running sandbox uses (each holds a lease on it).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from engine.cachebound import Evicted, rootfs_cache_bound
 from engine.errors import ImageError
 from engine.images.layers import apply_layer
 from engine.images.oci import LAYER_COMPRESSION, ImageConfig
@@ -146,6 +151,7 @@ def ensure_rootfs(
     final = root / key
     hit = _load(final, record.manifest)
     if hit is not None:
+        rootfs_cache_bound(cache_dir).touch(final)  # the last use, for the LRU order
         return hit.model_copy(update={"seconds": time.perf_counter() - t0})
     with open(root / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -167,6 +173,7 @@ def ensure_rootfs(
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
+    rootfs_cache_bound(cache_dir).enforce(keep={final})
     return ImageRootfs(manifest=record.manifest, tree=final / "tree", image=final / "root.ext4",
                        defaults=defaults, built=True, seconds=time.perf_counter() - t0)  # fmt: skip
 
@@ -221,13 +228,18 @@ def _build(store: ImageStore, record: ImageRecord, work: Path, progress: Progres
     return defaults
 
 
-def remove_unreferenced(store: ImageStore, cache_dir: Path) -> int:
-    """Delete built root filesystems whose manifest no stored image uses. Returns the count."""
+def remove_unreferenced(store: ImageStore, cache_dir: Path) -> Evicted:
+    """Delete built root filesystems whose manifest no stored image uses (never one in use)."""
     root = rootfs_cache(cache_dir)
+    cache = rootfs_cache_bound(cache_dir)
     keep = {r.manifest.split(":", 1)[1][:32] for r in store.list()}
-    removed = 0
-    for entry in root.iterdir():
-        if entry.is_dir() and entry.name not in keep and not entry.name.endswith(".building"):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed += 1
-    return removed
+    out = Evicted()
+    for entry in cache.entries():
+        if entry.path.parent != root or entry.path.name in keep:
+            continue
+        if cache.remove(entry.path):
+            out.removed.append(entry.path.name)
+            out.freed_bytes += entry.bytes
+        else:
+            out.in_use += 1
+    return out

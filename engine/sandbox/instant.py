@@ -21,6 +21,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel
 
 from engine import paths
+from engine.cachebound import Leases
 from engine.errors import BootError, ExecError, MsbError, VmError
 from engine.vm.agent import AgentClient
 from engine.vm.backend import VmBackend, VmHandle, VmSpec
@@ -111,9 +112,13 @@ class Restorer:
     def mark_failed(self, key: str, why: str) -> None:
         self._failed[key] = (time.monotonic() + RETRY_AFTER_S, why)
 
-    async def try_start(self, spec: VmSpec, deadline: float) -> tuple[VmHandle, AgentClient, Ready, str] | Fallback:
+    async def try_start(
+        self, spec: VmSpec, deadline: float, leases: Leases | None = None
+    ) -> tuple[VmHandle, AgentClient, Ready, str] | Fallback:
         """Restore ``spec`` from its template (built now if missing), or say why it boots.
 
+        Args:
+            leases: gets the lease that keeps the template from eviction while the VM runs.
         Raises:
             VmError: the sandbox is already running (its disk is locked).
         """
@@ -124,9 +129,15 @@ class Restorer:
                 raise
             log.warning("sandbox %s: no template (%s stage), booting it: %s", spec.name, stage_for(spec), exc)
             return Fallback(f"no template ({_first_line(exc)})")
+        lease = self.store.lease(tpl.key)
+        if lease is None:
+            return Fallback("its template was evicted just now")
         try:
             vm, client, ready = await self.restore(spec, tpl, deadline)
-        except Exception as exc:
+        except BaseException as exc:
+            lease.release()
+            if not isinstance(exc, Exception):
+                raise
             if "write lock" in str(exc) or 'write" lock' in str(exc):
                 raise VmError(f"sandbox {spec.name!r} is already running (its disk is in use)",
                               hint="stop the other instance first") from exc  # fmt: skip
@@ -134,6 +145,10 @@ class Restorer:
                 raise
             log.warning("sandbox %s: restoring from its template failed, booting it: %s", spec.name, exc)
             return Fallback(f"restore failed ({_first_line(exc)})", template=tpl.key)
+        if leases is not None:
+            leases.add(lease)
+        else:
+            lease.release()
         return vm, client, ready, "" if built_ms is None else f"template built in {built_ms:.0f} ms"
 
     async def template_for(self, spec: VmSpec, deadline: float) -> tuple[Template, float | None]:

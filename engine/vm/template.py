@@ -16,7 +16,11 @@ The key hashes everything that changes what the guest sees — the QEMU command 
 template (machine, CPUs, RAM, devices, kernel command line, accelerator), the identity (path,
 size, mtime) of QEMU, kernel, initramfs (which holds the agent) and root image, and the
 writable layer's size — so a template built for one image, kernel or agent is never used for
-another: a change makes a new key, and the old template is pruned later.
+another: a change makes a new key, and the old template is evicted later.
+
+The store is bounded (engine/cachebound.py): ``MSB_TEMPLATE_CACHE_MIB`` (default 2048), least
+recently used first, and never a template a running sandbox was restored from (each holds a
+lease on it). Templates unused for a week go whatever the size.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from engine.cachebound import BoundedCache, Lease, template_cache
 from engine.sandbox.spec import VolumeMount
 from engine.vm.backend import VmSpec
 from engine.vm.cmdline import upper_cmdline
@@ -47,8 +52,8 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 """Bump when the layout or the way templates are made changes (warm-ups included)."""
 TEMPLATE_NAME = "msb-template"
-KEEP_DAYS = 7.0
-KEEP_MAX = 24
+BUILD_STALE_S = 3600.0
+"""A build directory this old belongs to a build that died."""
 Stage = Literal["root", "ready"]
 
 
@@ -132,6 +137,7 @@ class TemplateStore:
 
     def __init__(self, cache_dir: Path) -> None:
         self.root = cache_dir / "templates"
+        self.cache: BoundedCache = template_cache(cache_dir)
         self._locks: dict[str, asyncio.Lock] = {}
 
     def find(self, key: str) -> Template | None:
@@ -149,14 +155,19 @@ class TemplateStore:
             if d.exists():
                 self.discard(key, "incomplete")
             return None
-        with contextlib.suppress(OSError):
-            os.utime(d / "meta.json")  # last use, for pruning
+        self.cache.touch(d)  # the last use, for the LRU order
         return tpl
+
+    def lease(self, key: str) -> Lease | None:
+        """Hold ``key``'s template in use (not evicted) until the lease is released; None if
+        it is gone."""
+        return self.cache.lease(self.root / key)
 
     def discard(self, key: str, why: str) -> None:
         """Remove a template (VMs restored from it keep their mapping of its RAM)."""
         log.info("template %s removed: %s", key[:12], why)
         shutil.rmtree(self.root / key, ignore_errors=True)
+        (self.root / f"{key}.use").unlink(missing_ok=True)  # its users keep their lock on the old inode
 
     def lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -191,26 +202,18 @@ class TemplateStore:
         return template.model_copy(update={"dir": final})
 
     def prune(self, keep: str) -> None:
-        """Remove templates unused for :data:`KEEP_DAYS` days, and the oldest beyond :data:`KEEP_MAX`."""
-        try:
-            entries = [d for d in self.root.iterdir() if d.is_dir() and d.name != keep]
-        except OSError:
-            return
-        kept = 0
+        """Remove builds that died, then evict templates beyond the bound (never ``keep``, never
+        one in use)."""
         now = time.time()
+        with contextlib.suppress(OSError):
+            for d in self.root.iterdir():
+                if d.name.startswith(".build-") and now - _mtime(d) > BUILD_STALE_S:
+                    shutil.rmtree(d, ignore_errors=True)
+        self.cache.enforce(keep={self.root / keep})
 
-        def used(d: Path) -> float:
-            try:
-                return (d / "meta.json").stat().st_mtime
-            except OSError:
-                return d.stat().st_mtime
 
-        entries.sort(key=used, reverse=True)
-        for d in entries:
-            building = d.name.startswith(".build-")
-            old = now - used(d) > (3600 if building else KEEP_DAYS * 86400)
-            if not building and not old:
-                kept += 1
-            if old or (not building and kept > KEEP_MAX):
-                shutil.rmtree(d, ignore_errors=True)
-                (self.root / f"{d.name}.lock").unlink(missing_ok=True)
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()

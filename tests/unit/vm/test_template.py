@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.cachebound import TEMPLATE_MAX_AGE_S
 from engine.sandbox.spec import PortMap, VolumeMount
-from engine.vm import template as tm
 from engine.vm.backend import VmSpec
 from engine.vm.qemu import build_argv
 from engine.vm.template import (
@@ -278,16 +278,29 @@ def test_find_removes_a_template_whose_meta_is_not_a_template(tmp_path: Path, me
 def test_find_marks_the_last_use(tmp_path: Path) -> None:
     store = TemplateStore(tmp_path)
     tpl = make(store, "k1")
-    old = time.time() - 3 * DAY
-    os.utime(tpl.dir / "meta.json", (old, old))
+    _age(tpl.dir, 3)
     assert store.find("k1") is not None
-    assert (tpl.dir / "meta.json").stat().st_mtime > old + DAY
+    assert store.cache.entries()[0].last_used > time.time() - DAY
 
 
 def _age(d: Path, days: float) -> None:
+    """Make ``d``'s last use ``days`` ago (its ``.use`` stamp, and the entry itself)."""
     when = time.time() - days * DAY
-    target = d / "meta.json" if (d / "meta.json").exists() else d
-    os.utime(target, (when, when))
+    for target in (d.with_name(d.name + ".use"), d):
+        if target.exists():
+            os.utime(target, (when, when))
+
+
+def _full(store: TemplateStore, key: str, mib: int = 2) -> Template:
+    """A published template of ``key`` with ``mib`` MiB of written (not sparse) RAM."""
+    tpl = make(store, key, memory_mib=mib, publish=False)
+    with open(tpl.ram, "r+b") as f:
+        f.write(b"x" * (mib << 20))
+    return store.publish(tpl.dir, tpl)
+
+
+def _names(store: TemplateStore) -> list[str]:
+    return sorted(p.name for p in store.root.iterdir() if p.is_dir())
 
 
 def test_publish_prunes_templates_unused_for_a_week(tmp_path: Path) -> None:
@@ -295,20 +308,47 @@ def test_publish_prunes_templates_unused_for_a_week(tmp_path: Path) -> None:
     for k in ("old", "recent"):
         make(store, k)
     (store.root / "old.lock").write_bytes(b"")
-    _age(store.root / "old", tm.KEEP_DAYS + 1)
-    _age(store.root / "recent", tm.KEEP_DAYS - 1)
+    _age(store.root / "old", TEMPLATE_MAX_AGE_S / DAY + 1)
+    _age(store.root / "recent", TEMPLATE_MAX_AGE_S / DAY - 1)
     make(store, "new")
-    assert sorted(p.name for p in store.root.iterdir()) == ["new", "recent"]
+    assert _names(store) == ["new", "recent"]
+    assert not (store.root / "old.lock").exists() and not (store.root / "old.use").exists()
 
 
-def test_publish_keeps_at_most_keep_max(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tm, "KEEP_MAX", 2)
+def test_publish_evicts_the_least_recently_used_beyond_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = TemplateStore(tmp_path)
     for i in range(4):
-        make(store, f"t{i}")
+        _full(store, f"t{i}")
         _age(store.root / f"t{i}", 4 - i)  # t0 is the least recently used
-    make(store, "newest")
-    assert sorted(p.name for p in store.root.iterdir()) == ["newest", "t2", "t3"]
+    monkeypatch.setenv("MSB_TEMPLATE_CACHE_MIB", "5")
+    store = TemplateStore(tmp_path)
+    store.find("t1")  # a use: now the most recent
+    _full(store, "newest")
+    assert store.cache.usage().bytes <= 5 << 20
+    assert _names(store) == ["newest", "t1"]
+
+
+def test_a_leased_template_survives_eviction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MSB_TEMPLATE_CACHE_MIB", "1")
+    store = TemplateStore(tmp_path)
+    _full(store, "running")
+    lease = store.lease("running")
+    assert lease is not None
+    _age(store.root / "running", 3)
+    _full(store, "other")
+    assert "running" in _names(store)
+    lease.release()
+    store.prune(keep="other")
+    assert _names(store) == ["other"]
+
+
+def test_lease_of_an_evicted_template_is_none(tmp_path: Path) -> None:
+    store = TemplateStore(tmp_path)
+    make(store, "k1")
+    assert store.cache.remove(store.root / "k1")
+    assert store.lease("k1") is None and store.find("k1") is None
 
 
 def test_publish_removes_stale_builds_only(tmp_path: Path) -> None:
@@ -318,4 +358,4 @@ def test_publish_removes_stale_builds_only(tmp_path: Path) -> None:
     _age(stale, 2 / 24)  # two hours: that build died
     make(store, "done")
     assert not stale.exists() and running.exists()
-    assert sorted(p.name for p in store.root.iterdir()) == [running.name, "done"]
+    assert sorted(p.name for p in store.root.iterdir() if p.is_dir()) == [running.name, "done"]
