@@ -4,6 +4,7 @@ server secret (CONTRACTS.md). The secret is 32 random alphanumerics in ``<state>
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -78,9 +79,23 @@ def load_secret(storage: Path, *, create: bool) -> str | None:
     storage.mkdir(parents=True, exist_ok=True, mode=0o700)
     alphabet = string.ascii_letters + string.digits
     secret = "".join(secrets.choice(alphabet) for _ in range(32))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size == 0:  # an older msb's write cut short by a full disk
+            path.unlink()
+    # whole or not at all: a full disk must not leave an empty or short key that breaks the
+    # next start; link() keeps O_EXCL's meaning (a concurrent keygen's secret wins, and is read)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        return path.read_text().strip()
+    finally:
+        tmp.unlink(missing_ok=True)
     return secret
 
 

@@ -37,7 +37,7 @@ from engine.server.output import collect_command
 from engine.server.pools import ServerPools
 from engine.server.service import SandboxConfig, SandboxInfo, SandboxMetrics, ServerInfo
 from engine.server.settings import Limits, PoolSetting
-from engine.server.state import ServerState, migrate_legacy
+from engine.server.state import ServerState, disk_full_as_error, migrate_legacy
 from engine.server.tenancy import LimitError, Quotas, TenantPolicy, tree_mib
 from engine.vm.accel import TCG_WARNING
 from engine.vm.select import backend_label, isolation_of
@@ -173,12 +173,13 @@ class SandboxManager:
             self.quotas.check_shape(memory, entry.cpus)
             self.quotas.reserve(namespace, name, memory)  # before any await: concurrent starts cannot race past it
             try:
-                run = await self._start_reserved(namespace, name, entry, ephemeral)
+                with disk_full_as_error(self.state.storage):
+                    run = await self._start_reserved(namespace, name, entry, ephemeral)
+                    fresh = config is not None and bool(config.image)  # a saved one is not re-saved (full disks)
+                    await self._save_or_stop(namespace, name, entry, run, save=fresh and not ephemeral)
             except BaseException:
                 self.quotas.release(namespace, name)
                 raise
-            if not ephemeral:
-                self.state.save(namespace, name, entry)
             self._running[key] = run
             self._crashed.pop(key, None)
             self._spawn(self._watch(key, run))
@@ -209,6 +210,18 @@ class SandboxManager:
         if taken is not None:
             return _Running(taken[0], entry.image, limit, taken[1])
         return _Running(await self.engine.start(spec), entry.image, limit)
+
+    async def _save_or_stop(self, namespace: str, name: str, entry: SandboxEntry, run: _Running, *,
+                            save: bool) -> None:  # fmt: skip
+        """Save a started sandbox's definition; if that fails (a full disk), stop it: a sandbox
+        the server does not book must not run on."""
+        if not save:
+            return
+        try:
+            self.state.save(namespace, name, entry)
+        except BaseException:
+            await self._stop_quietly(run)
+            raise
 
     @staticmethod
     def _check_disk(what: str, path: Path, max_mib: int) -> None:

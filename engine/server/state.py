@@ -21,17 +21,20 @@ so a guest could rewrite its definitions or plant symlinks that root followed.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import re
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, MsbError, VmError
 from engine.project.schema import SandboxEntry
 from engine.sandbox.spec import NAME_PATTERN
 
@@ -87,11 +90,15 @@ class ServerState:
         doc = entry.model_dump(include=set(TENANT_FIELDS), exclude_defaults=True)
         tmp = d / f".{DEFINITION}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, d / DEFINITION)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, d / DEFINITION)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk leaves the old definition and no stray file
+            raise
 
     def load(self, namespace: str, name: str) -> SandboxEntry | None:
         """A saved definition, or None. A file that does not parse is logged and ignored."""
@@ -249,3 +256,31 @@ def _legacy_entries(ns_dir: Path, refused: list[str]) -> dict[str, SandboxEntry]
         if entry is not None:
             out[name] = SandboxEntry.model_validate(entry.model_dump(include=set(TENANT_FIELDS), exclude_none=True))
     return out
+
+
+class DiskFullError(MsbError):
+    """The server's state directory has no space (or quota) left: ENOSPC, EDQUOT."""
+
+    code = -32031
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def disk_full_as_error(storage: Path) -> Iterator[None]:
+    """Turn a full state disk, met anywhere inside (a definition, a layer's mkfs), into a
+    :class:`DiskFullError` that names ENOSPC and what to do.
+
+    Raises:
+        DiskFullError: an ``OSError`` with ENOSPC/EDQUOT, or a ``VmError`` that says so (mkfs).
+    """
+    try:
+        yield
+    except (OSError, VmError) as exc:
+        full = exc.errno in NO_SPACE if isinstance(exc, OSError) else "No space left on device" in str(exc)
+        if not full:
+            raise
+        raise DiskFullError(f"the server's state disk is full (ENOSPC: no space left on device in {storage}); "
+                            "nothing was saved", hint="free space there (stop and delete unused persistent sandboxes, "
+                            "or grow the disk); sandboxes already running keep running") from exc  # fmt: skip

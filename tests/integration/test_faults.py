@@ -96,7 +96,7 @@ def in_background(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     def run() -> None:
         try:
             out.append(fn())
-        except Exception as exc:  # noqa: BLE001 - what the client saw is the result
+        except Exception as exc:
             out.append(exc)
 
     t = threading.Thread(target=run, daemon=True)
@@ -202,3 +202,70 @@ def test_a_killed_vmm_is_reported_crashed_and_the_rest_keeps_serving(
 
 def p50_ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000, 1)
+
+
+# --- 3. the state disk fills up ------------------------------------------------------------------
+
+TMPFS_MIB = 64
+
+
+@pytest.fixture
+def small_state(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MiB tmpfs as the server's state directory (unmounted at the end)."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    if os.system(f"mount -t tmpfs -o size={TMPFS_MIB}m,mode=0700 msb-test-state {state}") != 0:
+        pytest.fail("cannot mount a tmpfs (the test needs root)")
+    try:
+        yield state
+    finally:
+        os.system(f"umount -l {state}")
+
+
+def test_a_full_state_disk_is_a_clear_error_and_the_next_start_works(
+    tmp_path: Path, small_state: Path, busybox: str, stopped: list[ServerProc]
+) -> None:
+    """gVisor (the layer is a directory on the state disk): the guest meets ENOSPC, the next
+    definition is refused with -32031 naming ENOSPC, the refused sandbox does not run on, and
+    after a restart and freeing space everything works; no half-written file anywhere."""
+    srv = serve(tmp_path, "gvisor")
+    stopped.append(srv)
+    key = srv.keygen(NS)
+    assert "result" in sp.sandbox_start(srv, key, NS, "filler", image=busybox, memory=256)
+    res = command(srv, key, "filler", "dd if=/dev/zero of=/root/big bs=1M count=200", timeout=60)["result"]
+    assert res["exit_code"] != 0 and "No space left on device" in res["stderr"], res
+    doc = sp.sandbox_start(srv, key, NS, "second", image=busybox, memory=256)
+    assert doc["error"]["code"] == -32031 and "ENOSPC" in doc["error"]["message"], doc
+    assert "free space" in doc["error"]["data"]["hint"]
+    assert "second" not in sp.running(srv, key, NS)  # refused, and not left running
+    stray = [str(p) for p in small_state.rglob("*.tmp")]
+    assert stray == [] and (small_state / "server.key").read_text().strip()
+    sp.stop(srv)
+    srv2 = serve(tmp_path, "gvisor")  # the full disk did not break the next start
+    stopped.append(srv2)
+    assert "result" in srv2.rpc("sandbox.start", {"namespace": NS, "sandbox": "filler"}, key)  # the key still works
+    assert sp.sh(srv2, key, NS, "filler", "rm /root/big && echo freed")["stdout"] == "freed\n"
+    assert "result" in sp.sandbox_start(srv2, key, NS, "second", image=busybox, memory=256)
+
+
+def test_a_server_key_cut_short_by_a_full_disk_does_not_break_the_next_start(tmp_path: Path) -> None:
+    """The first start on a full disk fails and leaves no empty server.key; once there is space
+    the server starts and makes its key."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    assert os.system(f"mount -t tmpfs -o size=1m,mode=0700 msb-test-key {state}") == 0
+    try:
+        with open(state / "fill", "wb") as f, pytest.raises(OSError):
+            f.write(b"\0" * (2 << 20))
+            f.flush()
+        with pytest.raises(RuntimeError):
+            serve(tmp_path, "gvisor")
+        assert not (state / "server.key").exists() or (state / "server.key").read_text().strip()
+        (state / "fill").unlink()
+        srv = serve(tmp_path, "gvisor")
+        try:
+            assert len((state / "server.key").read_text().strip()) == 32
+        finally:
+            sp.stop(srv)
+    finally:
+        os.system(f"umount -l {state}")

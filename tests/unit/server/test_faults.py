@@ -5,15 +5,18 @@ serving, and its host side is torn down at once; a client that goes away mid-com
 from __future__ import annotations
 
 import asyncio
+import errno
 from pathlib import Path
 
 import pytest
 
 from engine.errors import VmCrashedError
 from engine.sandbox.engine import Engine
+from engine.server.auth import load_secret
 from engine.server.manager import SandboxManager
 from engine.server.service import SandboxConfig
 from engine.server.settings import Limits
+from engine.server.state import DiskFullError
 from engine.server.tenancy import TenantPolicy
 from engine.vm.fake import FakeBackend
 
@@ -78,3 +81,29 @@ async def test_stop_of_a_crashed_sandbox_clears_it(tmp_path: Path, rootfs: Path)
     [la] = await m.list("t")
     assert la.status == "stopped" and la.crash_reason is None
     await m.shutdown()
+
+
+async def test_a_full_disk_at_save_is_a_clear_error_and_stops_the_sandbox(
+    tmp_path: Path, rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = FakeBackend()
+    m = manager(tmp_path, backend)
+
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(m.state, "save", full)
+    with pytest.raises(DiskFullError, match="ENOSPC") as err:
+        await m.start("t", "a", SandboxConfig(image=str(rootfs)))
+    assert err.value.code == -32031 and err.value.hint and "free space" in err.value.hint
+    assert m._running == {} and m.quotas._sandboxes == {}
+    assert backend.vms[0].exited()  # not left running unbooked
+    await m.shutdown()
+
+
+def test_an_empty_server_key_left_by_a_full_disk_is_replaced(tmp_path: Path) -> None:
+    (tmp_path / "server.key").write_text("")
+    secret = load_secret(tmp_path, create=True)
+    assert secret and (tmp_path / "server.key").read_text().strip() == secret
+    assert load_secret(tmp_path, create=True) == secret
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["server.key"]  # no temporary file left
