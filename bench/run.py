@@ -204,9 +204,15 @@ def render_security(r: dict[str, Any]) -> str:
     return security.render(r)
 
 
+def render_reliability(r: dict[str, Any]) -> str:
+    from bench import reliability
+
+    return reliability.render(r)
+
+
 RENDERERS = {
     "engine": render_engine, "backends": render_backends, "instant": render_instant, "images": render_images,
-    "server": render_server, "tui": render_tui, "security": render_security,
+    "server": render_server, "tui": render_tui, "security": render_security, "reliability": render_reliability,
 }  # fmt: skip
 
 
@@ -301,14 +307,28 @@ async def _run_security(quick: bool) -> None:
     print(json.dumps({k: v for k, v in r.items() if k != "flood"}, indent=2))
 
 
+async def _run_reliability(quick: bool, soak_minutes: float) -> None:
+    import os
+
+    from bench import reliability
+
+    backends = [b.strip() for b in os.environ.get("MSB_TEST_BACKENDS", "gvisor,qemu").split(",") if b.strip()]
+    r = await reliability.run(list(reliability.PARTS), backends, soak_minutes, quick)
+    reliability.save(r)
+    write_doc("reliability", render_reliability(r))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("which", nargs="*", default=list(RENDERERS))
     parser.add_argument("--quick", action="store_true", help="fewer runs (smoke test of the bench itself)")
+    parser.add_argument("--soak-minutes", type=float, default=30.0, help="length of the reliability soak")
     args = parser.parse_args()
     asyncio.run(_run(args.which, args.quick))
     if "security" in args.which:
         asyncio.run(_run_security(args.quick))
+    if "reliability" in args.which:
+        asyncio.run(_run_reliability(args.quick, args.soak_minutes))
 
 
 if __name__ == "__main__":
