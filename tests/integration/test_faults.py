@@ -9,6 +9,7 @@ directories, the run directories themselves. Every wait is bounded.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import statistics
@@ -269,3 +270,71 @@ def test_a_server_key_cut_short_by_a_full_disk_does_not_break_the_next_start(tmp
             sp.stop(srv)
     finally:
         os.system(f"umount -l {state}")
+
+
+# --- 4. abuse inside a guest: the host and the other sandboxes stay responsive ------------------
+
+ABUSES = {
+    # name: (script, command timeout s)
+    "oom": ("tail /dev/zero", 30),  # one endless line: 1 GiB+ wanted in a 128 MiB sandbox
+    "fork_bomb": ("f() { f | f & }; f; sleep 10", 8),
+    "busy_loop": ("while :; do :; done", 3),
+    "output_1gib": ("head -c 1073741824 /dev/zero | tr '\\0' x", 8),  # 16 MiB kept; killed at its timeout
+}
+LATENCY_BOUND_MS = 500.0
+"""The other sandbox's exec round-trip p50 during an abuse must stay under this (or 10× idle)."""
+
+
+def exec_rtt(srv: ServerProc, key: str, name: str) -> float:
+    t0 = time.perf_counter()
+    doc = srv.rpc("sandbox.command.run", {"namespace": NS, "sandbox": name, "command": "true"}, key, timeout=30)
+    assert "result" in doc, doc
+    return time.perf_counter() - t0
+
+
+def during(srv: ServerProc, key: str, probe: str, abuse: Callable[[], Any]) -> tuple[list[float], Any]:
+    """The probe sandbox's exec round-trips while ``abuse`` runs (at least 5), and its result."""
+    thread, out = in_background(abuse)
+    samples: list[float] = []
+    deadline = time.monotonic() + 90
+    while (thread.is_alive() or len(samples) < 5) and time.monotonic() < deadline:
+        samples.append(exec_rtt(srv, key, probe))
+    thread.join(timeout=30)
+    assert out, "the abuse did not return"
+    return samples, out[0]
+
+
+@pytest.mark.parametrize("backend", ["gvisor"])
+def test_guest_abuse_is_contained_and_others_stay_responsive(
+    backend: str, tmp_path: Path, busybox: str, stopped: list[ServerProc]
+) -> None:
+    srv = serve(tmp_path, backend)
+    stopped.append(srv)
+    key = srv.keygen(NS)
+    assert "result" in sp.sandbox_start(srv, key, NS, "probe", image=busybox, memory=256)
+    idle = p50_ms([exec_rtt(srv, key, "probe") for _ in range(10)])
+    bound = max(LATENCY_BOUND_MS, 10 * idle)
+    numbers: dict[str, Any] = {"backend": backend, "idle_p50_ms": idle}
+    for abuse, (script, limit) in ABUSES.items():
+        name = f"abuse-{abuse.replace('_', '-')}"
+        assert "result" in sp.sandbox_start(srv, key, NS, name, image=busybox, memory=128, ephemeral=True)
+        t0 = time.monotonic()
+        samples, doc = during(srv, key, "probe", functools.partial(command, srv, key, name, script, timeout=limit))
+        assert isinstance(doc, dict), f"{abuse}: the client saw {doc!r}"
+        seen = doc.get("result") or doc.get("error")
+        numbers[abuse] = {"p50_ms": p50_ms(samples), "max_ms": round(max(samples) * 1000, 1), "n": len(samples),
+                          "took_s": round(time.monotonic() - t0, 1), "outcome": _outcome(doc)}  # fmt: skip
+        assert seen is not None, doc
+        assert p50_ms(samples) < bound, (abuse, numbers)
+        sp.sh(srv, key, NS, "probe", "true")  # the server still serves
+        srv.rpc("sandbox.stop", {"namespace": NS, "sandbox": name}, key)
+    print("abuse numbers:", numbers)
+    assert httpx.get(f"{srv.url}/api/v1/health", timeout=5).status_code == 200
+
+
+def _outcome(doc: dict[str, Any]) -> str:
+    """A short account of what the abuser's client was told."""
+    if "error" in doc:
+        return f"error {doc['error']['code']}: {doc['error']['message'][:120]}"
+    res = doc["result"]
+    return f"exit {res['exit_code']}, stdout {len(res['stdout'])} B, stderr {res['stderr'][-160:]!r}"
