@@ -26,7 +26,7 @@ from engine.vm.channel import ChannelClosed, read_frame
 from engine.vm.fake import MemoryChannel, _Pipe
 from engine.vm.process import MAX_QUEUED_CHUNKS, MAX_QUEUED_FRAMES
 
-T = 10.0
+T = 30.0
 """Seconds any one wait may take: a hang fails the test instead of stalling the suite."""
 GUEST_KINDS = [int(k) for k in p.T if k >= 0x40]
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -294,15 +294,20 @@ async def test_a_flooding_guest_does_not_starve_the_event_loop(guest: tuple[Gues
 
     tick = asyncio.ensure_future(ticker())
     await asyncio.sleep(0)
+    t0 = time.perf_counter()
     g_.send(g.output(fid, b"z") * 100_000 + g.exit_(fid, 0))  # all at once: 1.3 MB in the reader's buffer
     total = 0
     async with asyncio.timeout(T):
         async for chunk in proc:
             total += len(chunk.data)
+    flood_s = time.perf_counter() - t0
     stop.set()
     await tick
     assert total == 100_000
-    assert max(gaps) < 0.1, f"the loop stalled {max(gaps) * 1000:.0f} ms"
+    # A reader that never yields stalls the loop for the whole flood; one that yields every 64
+    # frames, for a sliver of it. Relative to the flood's own time, so a loaded host (where
+    # both stretch) does not decide the outcome.
+    assert max(gaps) < max(0.1, flood_s / 4), f"the loop stalled {max(gaps) * 1000:.0f} ms of {flood_s * 1000:.0f}"
 
 
 @settings(max_examples=40, deadline=None)
