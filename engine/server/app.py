@@ -129,7 +129,11 @@ def build_app(
     async def rpc_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
         body = await read_body(receive, settings.limits.max_body_bytes)
-        status, doc = await rpc.handle(body, service, scope.get("msb.claims"))
+        try:
+            status, doc = await rpc.handle(body, service, scope.get("msb.claims"), lambda: _client_gone(receive))
+        except rpc.ClientGone:
+            log.info("client went away: its command was stopped")
+            return
         timing = {"Server-Timing": f"app;dur={(time.perf_counter() - t0) * 1000:.3f}"}
         response = (Response(status_code=status, headers=timing) if doc is None
                     else JSONResponse(doc, status_code=status, headers=timing))  # fmt: skip
@@ -154,6 +158,12 @@ def build_app(
         ],
         lifespan=lifespan,
     )
+
+
+async def _client_gone(receive: Receive) -> None:
+    """Return once the client disconnects (the body has been read: only ``http.disconnect`` is left)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _only_post(app: ASGIApp) -> ASGIApp:

@@ -4,6 +4,7 @@ codes in one place. Internal errors are logged with detail and answered without 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -132,8 +133,23 @@ def msb_error(exc: MsbError) -> RpcError:
     return RpcError(exc.code, message, {"hint": exc.hint} if exc.hint else None)
 
 
-async def handle(body: bytes, service: SandboxService, claims: Claims | None) -> tuple[int, dict[str, Any] | None]:
-    """Answer one HTTP request body. Returns ``(http status, JSON body or None)``."""
+ABANDONED_WITH_THE_CLIENT = frozenset({"sandbox.command.run"})
+"""Methods whose work stops when the client goes away: the command is killed (its output
+budget and execution slot freed), since nobody is left to read what it prints. Starts and
+REPL runs finish (a half-started sandbox or a REPL interrupted mid-statement helps nobody)."""
+
+
+Answer = tuple[int, dict[str, Any] | None]
+
+
+async def handle(body: bytes, service: SandboxService, claims: Claims | None,
+                 client_gone: Callable[[], Awaitable[None]] | None = None) -> Answer:  # fmt: skip
+    """Answer one HTTP request body. Returns ``(http status, JSON body or None)``.
+
+    Args:
+        client_gone: waits until the client disconnects; for the methods in
+            :data:`ABANDONED_WITH_THE_CLIENT` the work is cancelled then (the answer is not sent).
+    """
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, an int past 4300 digits, nesting past the stack
@@ -150,12 +166,35 @@ async def handle(body: bytes, service: SandboxService, claims: Claims | None) ->
         return 200, error_body(id_ if isinstance(id_, (str, int)) else None, INVALID_REQUEST,
                                'Invalid Request: need "jsonrpc": "2.0", a string "method" and an id')  # fmt: skip
     try:
-        result = await _dispatch(doc["method"], doc.get("params", {}), service, claims)
+        work = _dispatch(doc["method"], doc.get("params", {}), service, claims)
+        if client_gone is not None and doc["method"] in ABANDONED_WITH_THE_CLIENT:
+            result = await _unless_gone(work, client_gone)
+        else:
+            result = await work
     except RpcError as exc:
         if exc.http_status != 200:
             return exc.http_status, error_body(id_, exc.code, exc.message, exc.data)
         return (204, None) if notification else (200, error_body(id_, exc.code, exc.message, exc.data))
     return (204, None) if notification else (200, {"jsonrpc": "2.0", "result": result, "id": id_})
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was ready; nothing is sent."""
+
+
+async def _unless_gone(work: Awaitable[Any], client_gone: Callable[[], Awaitable[None]]) -> Any:
+    """``work``'s result, or :class:`ClientGone` once the client disconnects (``work`` cancelled)."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(client_gone())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise ClientGone
+    return task.result()
 
 
 async def _dispatch(method: str, params: Any, service: SandboxService, claims: Claims | None) -> Any:
