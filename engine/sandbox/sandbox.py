@@ -126,6 +126,7 @@ class Sandbox:
             log.warning("sandbox %s: %s while running", self.name, self.crash_reason)
             self.client._fail(self.crash_error(self.crash_reason))
             await self.client.close()
+        self.leases.release()  # the VM is gone, however it ended: its cache entries may be evicted
 
     async def wait_ended(self) -> Status:
         """Wait until the VM has exited (stopped, killed or crashed). Returns the status then
