@@ -104,7 +104,8 @@ def render(r: dict[str, Any]) -> str:
                 *_density_rows(r), ""]  # fmt: skip
         for d in r["density"]:
             out.append(f"- {d['backend']}: {d['reached']} of a cap of {d['cap']} started ({d['stopped_by']}"
-                       f"{'; ' + d['error'] if d['error'] else ''}), {d['alive_at_end']} alive at the end, "
+                       f"{'; ' + d['error'].splitlines()[0] if d['error'] else ''}), "
+                       f"{d['alive_at_end']} alive at the end, "
                        f"start kinds {d['start_kinds']}, all stopped in {d['stop_all_s']} s")  # fmt: skip
         rates = r.get("start_rates", {})
         out += [f"- sustained start+stop rate (sandboxes/s): {json.dumps(rates)}", "",
