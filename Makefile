@@ -37,7 +37,7 @@ test-vm: setup
 	$(PY) -m pytest -q -m vm tests
 
 test: setup lint typecheck
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra --durations=20 tests
 
 bench: setup
 	$(PY) -m bench.run

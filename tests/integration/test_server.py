@@ -92,7 +92,7 @@ async def test_sdk_flow_end_to_end(server: Server) -> None:
     out = server.rpc("sandbox.metrics.get", {"namespace": "default", "sandbox": "sdk-py"})
     assert out["result"] == {"sandboxes": [{"namespace": "default", "name": "sdk-py", "running": False,
                                             "cpu_usage": None, "memory_usage": None, "disk_usage": None,
-                                            "backend": None, "accel": None, "started_by": None,
+                                            "backend": None, "accel": None, "started_by": None, "crash_reason": None,
                                             "start_ms": None}]}  # our additions: null when stopped
 
 
