@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from engine.errors import ConfigError, MsbError, VmError
 from engine.project.schema import SandboxEntry
 from engine.sandbox.spec import NAME_PATTERN
+from engine.vm.safepath import open_beneath
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(NAME_PATTERN)
@@ -207,14 +208,13 @@ def valid_name(text: str) -> bool:
 
 def _plain_dirs(base: Path, *parts: str) -> bool:
     """True if every component below ``base`` is a real directory (no symlink anywhere)."""
-    path = base
-    for part in parts:
-        path = path / part
-        try:
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                return False
-        except OSError:
-            return False
+    fd = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.close(open_beneath(fd, "/".join(parts), os.O_PATH | os.O_DIRECTORY))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     return True
 
 
