@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 from engine.errors import BootError, ConfigError
+from engine.sandbox.capacity import saturation_note
 from engine.vm.backend import Accel, VmHandle, VmSpec
 from engine.vm.protocol import Ready
 
@@ -55,4 +56,7 @@ def boot_error(
     hint = "check the kernel (MSB_KERNEL / `make kernel`) and agent (`make agent`); the console tail is below"
     if accel == "tcg":
         hint += "; under TCG a busy host boots slower: raise boot_timeout_s"
+    busy = saturation_note()
+    if busy is not None:
+        hint = f"{busy}; else {hint}"
     return BootError(f"sandbox {spec.name!r} failed to boot: {what}", hint=hint, console_tail=tail)

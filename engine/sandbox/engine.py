@@ -24,6 +24,7 @@ from engine import paths
 from engine.cachebound import Leases, lease_paths
 from engine.errors import ConfigError, KernelError, VmError
 from engine.sandbox.bootparts import DIR_UPPER, boot_error, check_layer_format
+from engine.sandbox.capacity import HostCapacity
 from engine.sandbox.instant import Fallback, Restorer, StartInfo, StartKind, templates_enabled
 from engine.sandbox.sandbox import Sandbox
 from engine.sandbox.spec import SandboxSpec
@@ -63,6 +64,7 @@ class Engine:
         machine: str | None = None,
         templates: bool | None = None,
         run_base: Path | None = None,
+        capacity: HostCapacity | None = None,
     ) -> None:
         """Args:
         backend: a backend, or a name (``auto``, ``qemu``, ``gvisor``, ``krun``); default
@@ -75,6 +77,8 @@ class Engine:
             (default on unless ``MSB_TEMPLATES=0``; engine/sandbox/instant.py).
         run_base: where sandboxes' run directories go (a server's own directory, which its next
             start reclaims after a crash: engine/server/reclaim.py); default the runtime directory.
+        capacity: the host-wide start limits (default from ``MSB_HOST_RESERVE_MIB`` and
+            ``MSB_MAX_CPU_PRESSURE``: engine/sandbox/capacity.py).
         """
         self._backend: VmBackend | None = None if isinstance(backend, str) else backend
         self._backend_name = backend if isinstance(backend, str) else None
@@ -83,6 +87,7 @@ class Engine:
         self.backend_verdict: BackendVerdict | None = None
         """Why this backend was chosen (set by :meth:`prepare`; None for a backend passed in)."""
         self.cache_dir = cache_dir or paths.cache_dir()
+        self.capacity = capacity or HostCapacity.from_env()
         self._accel = accel
         self._kernel = kernel
         self.machine = machine or os.environ.get("MSB_MACHINE") or "microvm"
@@ -184,9 +189,11 @@ class Engine:
 
         Raises:
             ConfigError: the spec's rootfs is not usable.
+            CapacityError: the host is below its memory reserve or over its CPU pressure limit.
             BootError: the guest did not come up (console tail and a hint inside).
             VmError, KernelError, AgentError: see their messages.
         """
+        await self.capacity.check()
         leases = Leases()
         try:
             return await self._start(spec, leases)

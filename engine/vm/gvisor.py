@@ -63,6 +63,24 @@ NOFILE = 1 << 16
 CPU_PERIOD_US = 100_000
 DELETE_TIMEOUT_S = 10.0
 RW_VOLUMES_ENV = "MSB_GVISOR_RW_VOLUMES"
+PLATFORM_ENV = "MSB_GVISOR_PLATFORM"
+PLATFORMS = ("systrap", "ptrace", "kvm")
+"""How the Sentry intercepts the guest's system calls (docs/backends.md has the trade-off):
+systrap (runsc's default) is fast for system calls but idles at a few % of a core per sandbox;
+ptrace idles at none and is slower for system calls; kvm needs working nested virtualisation."""
+
+
+def runsc_platform(env: dict[str, str] | None = None) -> str:
+    """The platform from ``MSB_GVISOR_PLATFORM`` (default systrap).
+
+    Raises:
+        ConfigError: not one of :data:`PLATFORMS`.
+    """
+    value = (os.environ if env is None else env).get(PLATFORM_ENV, "").strip() or "systrap"
+    if value not in PLATFORMS:
+        raise ConfigError(f"{PLATFORM_ENV}={value!r} is not a gVisor platform",
+                          hint=f"use one of {', '.join(PLATFORMS)} (docs/backends.md)")  # fmt: skip
+    return value
 
 
 def check_spec(spec: VmSpec) -> None:
@@ -175,14 +193,14 @@ def oci_config(
 
 
 def runsc_argv(
-    runsc: str, spec: VmSpec, state: Path, net_flags: list[str], bundle: Path
+    runsc: str, spec: VmSpec, state: Path, net_flags: list[str], bundle: Path, platform: str = "systrap"
 ) -> list[str]:
     """The ``runsc run`` command line (pure). runsc configures cgroups itself, in the sandbox's
     own cgroup (``linux.cgroupsPath`` of :func:`oci_config`)."""
     overlay_flag = "--overlay2=none" if spec.upper_image is not None else "--overlay2=root:memory"
     debug = [f"--debug-log={spec.run_dir}/runsc-debug/"] if os.environ.get("MSB_RUNSC_DEBUG") else []
     return [
-        runsc, f"--root={state}", *debug, *net_flags, overlay_flag, "--host-uds=none",
+        runsc, f"--root={state}", f"--platform={platform}", *debug, *net_flags, overlay_flag, "--host-uds=none",
         "run", f"--bundle={bundle}", container_id(spec),
     ]  # fmt: skip
 
@@ -337,10 +355,18 @@ class GvisorBackend:
     check_spec = staticmethod(check_spec)
     """Refuses (ConfigError) read-write volumes as root; ``auto`` then falls back to another backend."""
 
-    def __init__(self, runsc: str | None = None) -> None:
-        """Raises:
-        VmError: runsc is missing, or msb is not root (runsc's gofer mounts and cgroups need it).
+    def __init__(self, runsc: str | None = None, platform: str | None = None) -> None:
+        """Args:
+        runsc: the runsc binary (default: found by :func:`find_runsc`).
+        platform: one of :data:`PLATFORMS` (default ``MSB_GVISOR_PLATFORM`` or systrap).
+
+        Raises:
+            VmError: runsc is missing, or msb is not root (runsc's gofer mounts and cgroups need it).
+            ConfigError: an unknown platform.
         """
+        self.platform = platform if platform is not None else runsc_platform()
+        if self.platform not in PLATFORMS:
+            runsc_platform({PLATFORM_ENV: self.platform})  # raises with the list
         self.runsc = runsc or find_runsc()
         if os.geteuid() != 0:
             raise VmError("the gVisor backend needs root: msb runs runsc as root (its mounts and cgroups need it)",
@@ -397,7 +423,7 @@ class GvisorBackend:
             # (engine/vm/gvisor_net.py says why); empty for `none`
             # runsc still configures the Sentry's own cgroup from the OCI resources: that limit is
             # also what the guest sees as MemTotal (with --ignore-cgroups it would see the host's)
-            argv = [*net.runsc_prefix, *runsc_argv(self.runsc, spec, state, net.runsc_flags, bundle)]
+            argv = [*net.runsc_prefix, *runsc_argv(self.runsc, spec, state, net.runsc_flags, bundle, self.platform)]
             log.debug("starting %s", " ".join(argv))
             vm.proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,

@@ -13,7 +13,15 @@ from engine.sandbox.bootparts import check_layer_format
 from engine.sandbox.spec import VolumeMount
 from engine.vm import gvisor
 from engine.vm.backend import VmSpec
-from engine.vm.gvisor import AGENT_IN_GUEST, RW_VOLUMES_ENV, check_spec, container_id, oci_config, runsc_argv
+from engine.vm.gvisor import (
+    AGENT_IN_GUEST,
+    RW_VOLUMES_ENV,
+    check_spec,
+    container_id,
+    oci_config,
+    runsc_argv,
+    runsc_platform,
+)
 
 
 def spec(tmp_path: Path, **kw: object) -> VmSpec:
@@ -68,6 +76,16 @@ def test_argv_overlay_in_memory_unless_persistent(tmp_path: Path) -> None:
     assert container_id(spec(tmp_path)) == "msb-demo"
 
 
+def test_platform_is_systrap_unless_set_and_checked(tmp_path: Path) -> None:
+    assert "--platform=systrap" in runsc_argv("runsc", spec(tmp_path), tmp_path, [], tmp_path)
+    assert "--platform=ptrace" in runsc_argv("runsc", spec(tmp_path), tmp_path, [], tmp_path, "ptrace")
+    assert runsc_platform({}) == "systrap"
+    assert runsc_platform({"MSB_GVISOR_PLATFORM": " ptrace "}) == "ptrace"
+    with pytest.raises(ConfigError) as e:
+        runsc_platform({"MSB_GVISOR_PLATFORM": "systrap --debug"})
+    assert "systrap, ptrace, kvm" in (e.value.hint or "")
+
+
 def test_layer_format_guard(tmp_path: Path) -> None:
     check_layer_format(tmp_path, "qemu", image=True)  # empty: fine for both
     check_layer_format(tmp_path, "gvisor", image=False)
@@ -80,7 +98,6 @@ def test_layer_format_guard(tmp_path: Path) -> None:
     check_layer_format(tmp_path, "gvisor", image=False)
     with pytest.raises(ConfigError, match="--backend gvisor"):
         check_layer_format(tmp_path, "qemu", image=True)
-
 
 
 def test_rw_volumes_are_refused_as_root_unless_allowed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
