@@ -21,9 +21,10 @@ from engine import paths
 from engine.sandbox.engine import Engine
 from engine.sandbox.spec import SandboxSpec
 from engine.vm.backend import VmSpec
+from engine.vm.cmdline import kernel_cmdline
 from engine.vm.initramfs import build_cpio
 from engine.vm.kernel import Kernel
-from engine.vm.qemu import find_qemu, kernel_cmdline
+from engine.vm.qemu import find_qemu
 
 HERE = Path(__file__).resolve().parent
 BUSYBOX = paths.cache_dir() / "rootfs-dirs" / "busybox"
