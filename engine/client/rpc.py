@@ -86,6 +86,10 @@ def resolve_api_key(api_key: str | None) -> str | None:
     return api_key or os.environ.get("MSB_API_KEY") or None
 
 
+KEEPALIVE_EXPIRY_S = 5.0
+"""Idle expiry of the SDK's pooled connections: shorter than the server's keep-alive."""
+
+
 class RpcClient:
     """Calls JSON-RPC methods on one msb server.
 
@@ -110,7 +114,9 @@ class RpcClient:
 
     def _new_client(self) -> httpx.AsyncClient:
         # A seam for tests: they swap in a client on a fake transport to watch it get closed.
-        return httpx.AsyncClient()
+        # Idle connections expire here (5 s) well before the server closes them (75 s), so a
+        # request never goes out on a connection the server is closing.
+        return httpx.AsyncClient(limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S))
 
     async def aclose(self) -> None:
         """Close the HTTP client if this object created it; a later call opens a new one."""

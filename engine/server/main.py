@@ -131,7 +131,8 @@ def serve(settings: ServerSettings) -> None:
 
     app = build_app(settings, manager, secret=secret, on_startup=startup, on_shutdown=manager.shutdown)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=False, lifespan="on")  # fmt: skip
+                            access_log=False, lifespan="on",
+                            timeout_keep_alive=max(1, round(settings.keep_alive_s)))  # fmt: skip
     server = uvicorn.Server(config)
     pid_file(settings).write_text(f"{os.getpid()}\n{settings.host}\n{settings.port}\n{secret_source(settings)}\n")
     try:

@@ -304,7 +304,7 @@ def during(srv: ServerProc, key: str, probe: str, abuse: Callable[[], Any]) -> t
     return samples, out[0]
 
 
-@pytest.mark.parametrize("backend", ["gvisor"])
+@pytest.mark.parametrize("backend", ["gvisor", "qemu"])
 def test_guest_abuse_is_contained_and_others_stay_responsive(
     backend: str, tmp_path: Path, busybox: str, stopped: list[ServerProc]
 ) -> None:
@@ -338,3 +338,46 @@ def _outcome(doc: dict[str, Any]) -> str:
         return f"error {doc['error']['code']}: {doc['error']['message'][:120]}"
     res = doc["result"]
     return f"exit {res['exit_code']}, stdout {len(res['stdout'])} B, stderr {res['stderr'][-160:]!r}"
+
+
+# --- 5. clients that keep connections ------------------------------------------------------------
+
+
+def _http_exchange(conn: Any, host: str) -> bytes:
+    """One ``GET /api/v1/health`` on an open socket; the whole response (b"" if the server had
+    closed the connection)."""
+    conn.sendall(f"GET /api/v1/health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def test_an_idle_keep_alive_connection_outlives_the_clients_own_expiry(
+    tmp_path: Path, stopped: list[ServerProc]
+) -> None:
+    """The server keeps an idle connection longer than a client's pool does (httpx: 5 s), so a
+    pooled request never meets a connection the server just closed (ReadError under load)."""
+    import socket
+
+    srv = serve(tmp_path, "gvisor")
+    stopped.append(srv)
+    host = srv.url.removeprefix("http://")
+    name, port = host.rsplit(":", 1)
+    with socket.create_connection((name, int(port)), timeout=10) as conn:
+        assert _http_exchange(conn, host).startswith(b"HTTP/1.1 200")
+        time.sleep(6.5)  # past httpx's keepalive_expiry and uvicorn's default keep-alive (both 5 s)
+        again = _http_exchange(conn, host)
+    assert again.startswith(b"HTTP/1.1 200"), f"the server closed the idle connection: {again[:200]!r}"

@@ -34,7 +34,7 @@ from engine.server.mcp_tools import TOOLS
 from engine.server.rpc import METHODS
 from engine.server.settings import Limits, ServerSettings
 
-TOTAL = int(os.environ.get("MSB_FUZZ_EXAMPLES") or 320)
+TOTAL = int(os.environ.get("MSB_FUZZ_EXAMPLES") or 200)
 LATENCY_S = 1.0
 PEAK_BOUND = 64 << 20
 """Bytes the server may allocate at once while answering one request (bodies are ≤ 1 MiB)."""
