@@ -32,6 +32,15 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "bench" / "results" / "reliability.json"
 PLOT = ROOT / "docs" / "img" / "reliability-density.svg"
 PARTS = ("load", "density", "soak")
+DENSITY_RUNS: tuple[tuple[str, str | None, float | None], ...] = (
+    ("gvisor", "systrap", 50.0),
+    ("gvisor", "ptrace", None),
+    ("qemu", None, None),
+    ("krun", None, None),
+)
+"""(backend, gVisor platform, MSB_MAX_CPU_PRESSURE) per density run: systrap idles at a few %
+of a core per sandbox, so its run has the CPU pressure limit on (the limit that refuses the
+next start cleanly); the others are bounded by memory (the host reserve)."""
 
 
 async def run(parts: list[str], backends: list[str], soak_minutes: float, quick: bool) -> dict[str, Any]:
@@ -43,17 +52,33 @@ async def run(parts: list[str], backends: list[str], soak_minutes: float, quick:
     with tempfile.TemporaryDirectory(prefix="msb-rel-") as tmp:
         work = Path(tmp)
         if "load" in parts:
-            out["load"] = [await reliability_load.run(b, sandboxes, execs, 256, work) for b in backends]
+            for b in backends:
+                _merge(out, "load", await reliability_load.run(b, sandboxes, execs, 256, work))
         if "density" in parts:
-            caps = {"gvisor": 200, "qemu": 200, "krun": 100}
-            out["density"] = [await reliability_density.ramp(b, 20 if quick else caps.get(b, 100), 5 if quick else 25,
-                                                             128) for b in backends]  # fmt: skip
-            out["start_rates"] = {b: await reliability_density.start_rates(b, 3 if quick else 10, 128)
-                                  for b in backends}  # fmt: skip
+            out["density"] = [e for e in out.get("density", []) if "platform" in e]  # older runs' format
+            for backend, platform, pressure in DENSITY_RUNS:
+                if backend not in backends:
+                    continue
+                entry = await reliability_density.ramp(backend, 20 if quick else 200, 5 if quick else 25, 128,
+                                                       platform=platform, max_cpu_pressure=pressure)  # fmt: skip
+                entry["start_rates"] = await reliability_density.start_rates(backend, 3 if quick else 10, 128,
+                                                                             platform=platform)  # fmt: skip
+                _merge(out, "density", entry)
+            out.pop("start_rates", None)  # kept per run now
+            if "gvisor" in backends:
+                out["gvisor_platforms"] = [await reliability_density.platform_costs(p) for p in ("systrap", "ptrace")]
         if "soak" in parts:
             out["soak"] = await reliability_soak.run(backends, 1 if quick else soak_minutes, work)
     out["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return out
+
+
+def _merge(out: dict[str, Any], part: str, entry: dict[str, Any]) -> None:
+    """Put ``entry`` into the list ``out[part]``, replacing the one of the same backend (and gVisor
+    platform), so a backend run alone keeps the others' figures."""
+    key = (entry["backend"], entry.get("platform"))
+    rest = [e for e in out.get(part, []) if (e["backend"], e.get("platform")) != key]
+    out[part] = [*rest, entry]
 
 
 def _mem_total_mib() -> int:
@@ -76,13 +101,19 @@ def _load_rows(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+def label(d: dict[str, Any]) -> str:
+    """``gvisor/systrap``, ``qemu``: a density run's name."""
+    return f"{d['backend']}/{d['platform']}" if d.get("platform") else str(d["backend"])
+
+
 def _density_rows(r: dict[str, Any]) -> list[str]:
-    rows = ["| backend | N | PSS / sandbox (MiB) | MemAvailable drop / sandbox (MiB) | exec p50 / p99 ms | starts/s |",
-            "|---|---|---|---|---|---|"]  # fmt: skip
+    rows = ["| backend | N | PSS / sandbox (MiB) | MemAvailable drop / sandbox (MiB) | idle CPU / sandbox "
+            "(% of a core) | exec p50 / p99 ms | starts/s |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for d in r.get("density", []):
         for p in d["points"]:
-            rows.append(f"| {d['backend']} | {p['n']} | {p['pss_per_sandbox_mib']} | "
-                        f"{p['mem_available_drop_per_sandbox_mib']} | {p['exec_p50_ms']} / {p['exec_p99_ms']} | "
+            rows.append(f"| {label(d)} | {p['n']} | {p['pss_per_sandbox_mib']} | "
+                        f"{p['mem_available_drop_per_sandbox_mib']} | {p.get('idle_cpu_pct_per_sandbox', '–')} | "
+                        f"{p['exec_p50_ms']} / {p['exec_p99_ms']} | "
                         f"{p['starts_per_s']} |")  # fmt: skip
     return rows
 
@@ -103,13 +134,22 @@ def render(r: dict[str, Any]) -> str:
         out += ["**Density** (idle busybox sandboxes of 128 MiB, started one after another):", "",
                 *_density_rows(r), ""]  # fmt: skip
         for d in r["density"]:
-            out.append(f"- {d['backend']}: {d['reached']} of a cap of {d['cap']} started ({d['stopped_by']}"
-                       f"{'; ' + d['error'].splitlines()[0] if d['error'] else ''}), "
-                       f"{d['alive_at_end']} alive at the end, "
-                       f"start kinds {d['start_kinds']}, all stopped in {d['stop_all_s']} s")  # fmt: skip
-        rates = r.get("start_rates", {})
-        out += [f"- sustained start+stop rate (sandboxes/s): {json.dumps(rates)}", "",
-                "![PSS per sandbox and exec latency against N](img/reliability-density.svg)", ""]  # fmt: skip
+            limit = f"MSB_MAX_CPU_PRESSURE={d['max_cpu_pressure']:g}" if d.get("max_cpu_pressure") else "memory reserve"
+            why = d["stopped_by"] + (": " + d["error"].splitlines()[0] if d["error"] else "")
+            out.append(f"- **{label(d)}** (limit in force: {limit}): {d['reached']} of a cap of {d['cap']} started "
+                       f"(stopped by: {why}); {d['alive_at_end']} alive at the end, start kinds {d['start_kinds']}, "
+                       f"all stopped in {d['stop_all_s']} s. With all of them running, one more start with the "
+                       f"memory reserve set above what was available: {d.get('reserve_refusal')}. Sustained "
+                       f"start+stop rates (sandboxes/s): {json.dumps(d.get('start_rates', {}))}")  # fmt: skip
+        out += ["", "![PSS per sandbox and exec latency against N](img/reliability-density.svg)", ""]
+    if r.get("gvisor_platforms"):
+        out += ["**gVisor platforms** (MSB_GVISOR_PLATFORM; one busybox sandbox each):", "",
+                "| platform | exec `true` p50 ms | 300 fork+exec (s) | 80 MB in 4 KiB syscalls (s) | idle CPU "
+                "(% of a core) |", "|---|---|---|---|---|"]  # fmt: skip
+        for g in r["gvisor_platforms"]:
+            out.append(f"| {g['platform']} | {g['exec_true_p50_ms']} | {g['forks_300_s']} | {g['syscall_io_s']} | "
+                       f"{g['idle_cpu_pct']} |")  # fmt: skip
+        out.append("")
     soak = r.get("soak")
     if soak:
         out += [f"**Soak**: {soak['minutes']:.0f} min of start/exec/stop churn ({soak['workers_per_server']} "
@@ -129,14 +169,15 @@ def render(r: dict[str, Any]) -> str:
 
 def plot(r: dict[str, Any]) -> str:
     """A hand-written SVG: PSS per sandbox (left) and exec p50 (right) against N, per backend."""
-    colours = {"gvisor": "#1f77b4", "qemu": "#d62728", "krun": "#2ca02c"}
+    colours = {"gvisor/systrap": "#1f77b4", "gvisor/ptrace": "#17becf", "gvisor": "#1f77b4", "qemu": "#d62728",
+               "krun": "#2ca02c"}  # fmt: skip
     w, h, pad = 360, 240, 44
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * w}" height="{h}" font-family="sans-serif" '
              'font-size="11">', '<rect width="100%" height="100%" fill="white"/>']  # fmt: skip
     for panel, (key, title) in enumerate((("pss_per_sandbox_mib", "PSS per sandbox (MiB)"),
                                           ("exec_p50_ms", "exec p50 (ms)"))):  # fmt: skip
         x0 = panel * w
-        series = {d["backend"]: [(p["n"], p[key]) for p in d["points"]] for d in r.get("density", [])}
+        series = {label(d): [(p["n"], p[key]) for p in d["points"]] for d in r.get("density", [])}
         xs = [n for pts in series.values() for n, _ in pts] or [1]
         ys = [v for pts in series.values() for _, v in pts] or [1]
         xmax, ymax = max(xs), max(ys) * 1.15 or 1
@@ -163,11 +204,23 @@ def plot(r: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def save(r: dict[str, Any]) -> None:
+def save(r: dict[str, Any], parts: list[str]) -> dict[str, Any]:
+    """Merge this run's parts into the stored results as they are now (another part may have
+    been saved while this one ran) and write them; the merged results."""
     RESULT.parent.mkdir(parents=True, exist_ok=True)
+    stored: dict[str, Any] = json.loads(RESULT.read_text()) if RESULT.exists() else {}
+    keys = {"load": ["load"], "density": ["density", "gvisor_platforms"], "soak": ["soak"]}
+    for part in parts:
+        for key in keys.get(part, []):
+            if key in r:
+                stored[key] = r[key]
+    stored.pop("start_rates", None)
+    stored["host"], stored["measured_at"] = r["host"], r["measured_at"]
+    r = stored
     RESULT.write_text(json.dumps(r, indent=2) + "\n")
     if r.get("density"):
         PLOT.write_text(plot(r))
+    return r
 
 
 def main() -> None:
@@ -180,8 +233,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    r = asyncio.run(run([p for p in args.parts.split(",") if p], backends, args.soak_minutes, args.quick))
-    save(r)
+    parts = [p for p in args.parts.split(",") if p]
+    r = save(asyncio.run(run(parts, backends, args.soak_minutes, args.quick)), parts)
     write_doc("reliability", render(r))
     print(json.dumps({k: v for k, v in r.items() if k not in ("soak",)}, indent=2)[:6000])
 

@@ -23,12 +23,16 @@ first; these guard the host across every server, CLI and pool on it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import MsbError
+
+log = logging.getLogger(__name__)
 
 PRESSURE_WAIT_S = 10.0
 """How long a start waits for the CPU pressure to fall before it is refused."""
@@ -163,3 +167,25 @@ def saturation_note(pressure: Path = Path("/proc/pressure/cpu")) -> str | None:
     return (f"the host's CPU is saturated (tasks waited for a CPU {now[0]:.0f} % of the last 10 s), which "
             "slows every boot: run fewer sandboxes at once, or set MSB_MAX_CPU_PRESSURE so starts are "
             "refused cleanly instead")  # fmt: skip
+
+
+FD_TARGET = 65536
+
+
+def raise_fd_limit(target: int = FD_TARGET) -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` towards ``target`` (never above the hard
+    limit, never lower); the new soft limit.
+
+    Each running sandbox holds a handful of descriptors in the process that started it (its
+    channel, console, pipes, cgroup and namespace handles), so the usual soft limit of 1024
+    would end a host's sandboxes at about a hundred with ``EMFILE`` in the middle of a start.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(target, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            return want
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, want, exc)
+    return soft

@@ -24,7 +24,7 @@ from engine import paths
 from engine.cachebound import Leases, lease_paths
 from engine.errors import ConfigError, KernelError, VmError
 from engine.sandbox.bootparts import DIR_UPPER, boot_error, check_layer_format
-from engine.sandbox.capacity import HostCapacity
+from engine.sandbox.capacity import HostCapacity, raise_fd_limit
 from engine.sandbox.instant import Fallback, Restorer, StartInfo, StartKind, templates_enabled
 from engine.sandbox.sandbox import Sandbox
 from engine.sandbox.spec import SandboxSpec
@@ -88,6 +88,7 @@ class Engine:
         """Why this backend was chosen (set by :meth:`prepare`; None for a backend passed in)."""
         self.cache_dir = cache_dir or paths.cache_dir()
         self.capacity = capacity or HostCapacity.from_env()
+        raise_fd_limit()
         self._accel = accel
         self._kernel = kernel
         self.machine = machine or os.environ.get("MSB_MACHINE") or "microvm"

@@ -4,6 +4,7 @@ over the limit; the server answers -32032 with the figure and the setting, and l
 
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from engine.errors import BootError
 from engine.sandbox import capacity as cap
-from engine.sandbox.capacity import CapacityError, HostCapacity, cpu_pressure, saturation_note
+from engine.sandbox.capacity import CapacityError, HostCapacity, cpu_pressure, raise_fd_limit, saturation_note
 from engine.sandbox.engine import Engine
 from engine.sandbox.spec import SandboxSpec
 from engine.server.manager import SandboxManager
@@ -115,3 +116,15 @@ async def test_server_answers_32032_keeps_nothing_and_starts_once_there_is_room(
     for name in "abcd":  # the quota the refused start had reserved came back: all four fit
         await m.start("t", name, SandboxConfig(image=str(rootfs)))
     await m.shutdown()
+
+
+def test_the_open_file_limit_is_raised_for_many_sandboxes() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        want = min(4096, hard)
+        assert raise_fd_limit(4096) == want
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (want, hard)
+        assert raise_fd_limit(128) == want  # never lowered
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
