@@ -340,13 +340,20 @@ class SandboxManager:
         out = []
         for ns, n in keys:
             run = self._running.get((ns, n))
+            m = None
+            if run is not None and run.sandbox.status is Status.RUNNING:
+                try:
+                    m = await run.sandbox.metrics()
+                except VmCrashedError:
+                    # it died under this very call, before its watcher booked it: report it as
+                    # crashed like the others, rather than failing the whole answer
+                    pass
             if run is not None and run.sandbox.status is not Status.RUNNING:
                 self._ended((ns, n), run)
-            if run is None or run.sandbox.status is not Status.RUNNING:
+            if run is None or m is None:
                 out.append(SandboxMetrics(namespace=ns, name=n, running=False, cpu_usage=None, memory_usage=None,
                                           disk_usage=None, crash_reason=self._crash_reason((ns, n))))  # fmt: skip
                 continue
-            m = await run.sandbox.metrics()
             out.append(SandboxMetrics(namespace=ns, name=n, running=True, cpu_usage=round(m.cpu_percent, 2),
                                       memory_usage=round(m.memory_mib, 1), disk_usage=m.disk_bytes,
                                       backend=run.sandbox.backend, accel=run.sandbox.accel,

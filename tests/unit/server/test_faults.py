@@ -107,3 +107,26 @@ def test_an_empty_server_key_left_by_a_full_disk_is_replaced(tmp_path: Path) -> 
     assert secret and (tmp_path / "server.key").read_text().strip() == secret
     assert load_secret(tmp_path, create=True) == secret
     assert sorted(p.name for p in tmp_path.iterdir()) == ["server.key"]  # no temporary file left
+
+
+async def test_metrics_of_a_sandbox_that_dies_under_the_call_report_it_crashed(
+    tmp_path: Path, rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The VM dies while ``sandbox.metrics.get`` asks it, before its watcher booked the crash:
+    the answer lists it as crashed (and the other sandbox as running) instead of failing."""
+    backend = FakeBackend()
+    m = manager(tmp_path, backend)
+    await m.start("t", "a", SandboxConfig(image=str(rootfs)))
+    await m.start("t", "b", SandboxConfig(image=str(rootfs)))
+    sb = m._running[("t", "a")].sandbox
+
+    async def dies() -> None:
+        raise sb._channel_died()
+
+    monkeypatch.setattr(sb, "metrics", dies)
+    got = {x.name: x for x in await m.metrics("t", None)}
+    assert not got["a"].running and got["a"].crash_reason == "the guest's channel closed"
+    assert got["b"].running
+    [only] = await m.metrics("t", "a")
+    assert not only.running and only.crash_reason
+    await m.shutdown()
