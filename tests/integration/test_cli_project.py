@@ -96,6 +96,27 @@ def test_files_persist_across_stop_start_and_kill_9_of_the_vm(project: Path) -> 
     assert msb(project, "run", "box").stdout.splitlines()[-1] == "second"
 
 
+def test_kill_9_of_the_supervisor_leaves_no_vm_and_keeps_the_files(project: Path) -> None:
+    """QEMU that dropped to msb-vmm (``-runas``) has lost its parent-death signal; it must go
+    with its supervisor all the same, so the next run gets the layer to itself."""
+    out = msb(project, "run", "--backend", "qemu", "box~write", "--", "kept")
+    assert out.returncode == 0, out.stderr
+    out = msb(project, "run", "-d", "--backend", "qemu", "box~serve")
+    assert out.returncode == 0, out.stderr
+    row = _status(project)["box"]
+    supervisor, vm = int(row["pid"]), int(row["vm_pid"])  # type: ignore[call-overload]
+    os.kill(supervisor, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while (_status(project)["box"]["status"] == "running" or Path(f"/proc/{vm}").exists()) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    assert not Path(f"/proc/{vm}").exists(), "the VM outlived its supervisor"
+    assert _status(project)["box"]["status"] == "crashed"
+    out = msb(project, "run", "--backend", "qemu", "box")
+    assert out.returncode == 0 and out.stdout.splitlines()[-1] == "kept", out.stderr
+
+
 def test_detached_log_status_and_stop(project: Path) -> None:
     out = msb(project, "run", "-d", "box~serve")
     assert out.returncode == 0, out.stderr
