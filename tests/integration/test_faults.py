@@ -319,6 +319,8 @@ def test_guest_abuse_is_contained_and_others_stay_responsive(
     bound = max(LATENCY_BOUND_MS, 10 * idle)
     numbers: dict[str, Any] = {"backend": backend, "idle_p50_ms": idle}
     for abuse, (script, limit) in ABUSES.items():
+        if backend == "qemu" and abuse == "output_1gib":
+            continue  # the output bound is the host's, the same for every backend (tested on gVisor)
         name = f"abuse-{abuse.replace('_', '-')}"
         assert "result" in sp.sandbox_start(srv, key, NS, name, image=busybox, memory=128, ephemeral=True)
         t0 = time.monotonic()
