@@ -186,3 +186,27 @@ def test_refused_starts_do_not_keep_a_slot(quota_srv: ServerProc, busybox: str) 
     doc = start(quota_srv, key, "t1", name, image=busybox, ephemeral=True, memory=128)
     assert "result" in doc, f"after {len(bad)} refused starts the namespace is full: {doc}"
     stop(quota_srv, key, "t1", name)
+
+
+# --- host capacity: no tenant fills the host --------------------------------------------------
+
+
+def test_a_host_below_its_memory_reserve_refuses_every_tenant_cleanly(
+    tmp_path_factory: pytest.TempPathFactory, busybox: str
+) -> None:
+    """Attack: start sandboxes until the host runs out of memory (here the reserve is set above
+    what any host has). Every start is refused with -32032 before anything boots, nothing runs,
+    and nothing is left in the server's run directory."""
+    from engine.server.reclaim import run_base
+
+    base = tmp_path_factory.mktemp("capacity")
+    env = {"MSB_HOST_RESERVE_MIB": str(1 << 30)}
+    for srv in server_proc.served(base / "state", base / "server.log", env=env):
+        key = srv.keygen("*")
+        for i in range(3):
+            doc = start(srv, key, "t1", f"fill-{i}", image=busybox, ephemeral=True, memory=128)
+            assert doc.get("error", {}).get("code") == -32032, doc
+            assert "below its reserve" in doc["error"]["message"]
+            assert "MSB_HOST_RESERVE_MIB" in doc["error"]["data"]["hint"]
+        assert server_proc.running(srv, key, "t1") == []
+        assert not list(run_base(srv.state).iterdir())
