@@ -25,6 +25,7 @@ WORKERS = 2
 EXECS = 5
 SAMPLE_S = 30.0
 WARMUP_S = 120.0
+ERROR_PAUSE_S = 2.0
 
 
 def rss_mib(pid: int) -> float:
@@ -64,6 +65,7 @@ async def churn(url: str, worker: int, deadline: float, tally: Tally, cycles: li
                     tally.outcomes[check(token, res.stdout)] += 1
             except Exception as exc:  # counted: the soak's figure is how many fail
                 tally.error(f"{name}: {type(exc).__name__}: {exc}")
+                await asyncio.sleep(ERROR_PAUSE_S)  # a refused start is not retried in a tight loop
             finally:
                 try:
                     await sb.stop()
