@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.reliability_load import pct
+from engine.sandbox.pool import host_available_mib
 
 POINTS = (10, 50, 100, 200)
 RESERVE_MIB = 2048
@@ -48,14 +49,6 @@ def engine_for(
         capacity = dataclasses.replace(capacity, max_cpu_pressure=max_cpu_pressure)
     chosen: Any = GvisorBackend(platform=platform) if backend == "gvisor" else backend
     return Engine(backend=chosen, capacity=capacity, templates=templates)
-
-
-def available_mib() -> float:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    return float("inf")
 
 
 def tree(pid: int) -> list[int]:
@@ -131,7 +124,7 @@ async def point(boxes: list[Any], avail0: float, since: float, started: int) -> 
     lat = await probe_execs(boxes)
     return {"n": n, "pss_total_mib": round(pss, 1), "pss_per_sandbox_mib": round(pss / n, 2),
             "idle_cpu_pct_per_sandbox": idle, "engine_fds_per_sandbox": round(len(os.listdir("/proc/self/fd")) / n, 1),
-            "mem_available_drop_per_sandbox_mib": round((avail0 - available_mib()) / n, 2),
+            "mem_available_drop_per_sandbox_mib": round((avail0 - host_available_mib()) / n, 2),
             "exec_p50_ms": pct(lat, 50), "exec_p99_ms": pct(lat, 99),
             "starts_per_s": rate}  # fmt: skip
 
@@ -144,7 +137,7 @@ async def one_more_below_the_reserve(engine: Any, root: Any, memory: int) -> str
     from engine.sandbox.capacity import CapacityError
 
     saved = engine.capacity
-    engine.capacity = dataclasses.replace(saved, reserve_mib=available_mib() + 512, max_cpu_pressure=None)
+    engine.capacity = dataclasses.replace(saved, reserve_mib=host_available_mib() + 512, max_cpu_pressure=None)
     try:
         extra = await engine.start(root.spec(f"dens-one-more-{os.urandom(2).hex()}", memory_mib=memory))
     except CapacityError as exc:
@@ -172,7 +165,7 @@ async def ramp(
     boxes: list[Any] = []
     points: list[dict[str, Any]] = []
     kinds: dict[str, int] = {}
-    avail0 = available_mib()
+    avail0 = host_available_mib()
     deadline = time.monotonic() + minutes * 60
     stopped_by, error = "cap", None
     since, batch = time.perf_counter(), 0
@@ -181,7 +174,7 @@ async def ramp(
             if time.monotonic() > deadline:
                 stopped_by = f"time bound ({minutes:.0f} min)"
                 break
-            if available_mib() < RESERVE_MIB:
+            if host_available_mib() < RESERVE_MIB:
                 stopped_by = f"host reserve ({RESERVE_MIB} MiB available left)"
                 break
             try:

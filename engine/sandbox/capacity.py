@@ -46,10 +46,14 @@ class CapacityError(MsbError):
     code = -32032
 
 
-def _meminfo_mib(text: str, key: str) -> float | None:
-    for line in text.splitlines():
+def meminfo_mib(key: str, meminfo: Path = Path("/proc/meminfo")) -> float | None:
+    """``key`` (``MemAvailable``, ``MemTotal`` …) of ``meminfo`` in MiB, or None if unreadable."""
+    for line in _read(meminfo).splitlines():
         if line.startswith(f"{key}:"):
-            return int(line.split()[1]) / 1024
+            try:
+                return int(line.split()[1]) / 1024
+            except (IndexError, ValueError):
+                return None
     return None
 
 
@@ -94,7 +98,7 @@ class HostCapacity:
             CapacityError: a value is not a number (the message names the variable).
         """
         env = dict(os.environ) if env is None else env
-        total = _meminfo_mib(_read(meminfo), "MemTotal") or 0.0
+        total = meminfo_mib("MemTotal", meminfo) or 0.0
         reserve = max(MIN_RESERVE_MIB, total * 0.05) if total else float(MIN_RESERVE_MIB)
         pressure: float | None = None
         try:
@@ -114,7 +118,7 @@ class HostCapacity:
         """
         if not self.reserve_mib:
             return
-        avail = _meminfo_mib(_read(self.meminfo), "MemAvailable")
+        avail = meminfo_mib("MemAvailable", self.meminfo)
         if avail is not None and avail < self.reserve_mib:
             raise CapacityError(
                 f"the host has {avail:.0f} MiB of memory available, below its reserve of "

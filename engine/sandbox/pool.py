@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, Field
 
 from engine.errors import ConfigError, ProtocolError
+from engine.sandbox.capacity import meminfo_mib
 from engine.sandbox.instant import StartInfo, identify
 from engine.sandbox.metrics import process_pss_mib
 from engine.sandbox.sandbox import Sandbox, Status
@@ -99,14 +100,8 @@ class _Slot:
 
 def host_available_mib() -> float:
     """``MemAvailable`` of the host in MiB (inf if unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return float("inf")
+    avail = meminfo_mib("MemAvailable")
+    return float("inf") if avail is None else avail
 
 
 class WarmPool:

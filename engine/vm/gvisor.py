@@ -364,9 +364,7 @@ class GvisorBackend:
             VmError: runsc is missing, or msb is not root (runsc's gofer mounts and cgroups need it).
             ConfigError: an unknown platform.
         """
-        self.platform = platform if platform is not None else runsc_platform()
-        if self.platform not in PLATFORMS:
-            runsc_platform({PLATFORM_ENV: self.platform})  # raises with the list
+        self.platform = runsc_platform(None if platform is None else {PLATFORM_ENV: platform})
         self.runsc = runsc or find_runsc()
         if os.geteuid() != 0:
             raise VmError("the gVisor backend needs root: msb runs runsc as root (its mounts and cgroups need it)",
